@@ -1,0 +1,15 @@
+"""Gate families: a learnable keep-value per unit of a channel group."""
+
+from lightning_prune.gates.base import ChannelGate
+from lightning_prune.gates.hard_concrete import HardConcreteGate
+from lightning_prune.gates.registry import GATES, get_gate_class, register_gate
+from lightning_prune.gates.sigmoid import SigmoidGate
+
+__all__ = [
+    "GATES",
+    "ChannelGate",
+    "HardConcreteGate",
+    "SigmoidGate",
+    "get_gate_class",
+    "register_gate",
+]

@@ -1,0 +1,90 @@
+"""The gate contract shared by every gate family."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelGate(nn.Module):
+    """A learnable keep-gate over the ``num_channels`` units of one channel group.
+
+    A gate is *shared* by every layer of its group (a residual stream, a concat input, a
+    depthwise chain): calling it returns one value per unit, which the surgery engine multiplies
+    into each producer's (normalised) output. Training mode returns the relaxed (soft or sampled)
+    values; eval mode returns the hard 0/1 mask, so an augmented model in eval mode computes
+    exactly what its collapsed version computes.
+
+    Subclasses implement :meth:`probabilities`, :meth:`_soft_values` and :meth:`set_mask`.
+
+    Args:
+        num_channels: number of independent units in the group.
+        temperature: initial temperature (slope ``k`` for sigmoid gates, ``tau`` for
+            Gumbel gates, ``beta`` for hard-concrete gates). Stored in a buffer so checkpoints
+            carry it; :class:`~lightning_prune.callbacks.TemperatureAnnealing` updates it.
+        threshold: keep-probability above which a unit is kept by :meth:`hard_mask`.
+    """
+
+    #: Whether training-mode values are random (sampled once per forward of the model).
+    stochastic: bool = False
+    #: The default annealing direction and range, used when no schedule is configured.
+    default_temperature_range: tuple[float, float] = (1.0, 1.0)
+
+    def __init__(self, num_channels: int, temperature: float = 1.0, threshold: float = 0.5) -> None:
+        super().__init__()
+        if num_channels < 1:
+            raise ValueError(f"A gate needs at least one channel, got num_channels={num_channels}.")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
+        self.num_channels = int(num_channels)
+        self.threshold = float(threshold)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self._cached: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- contract
+    def probabilities(self) -> torch.Tensor:
+        """Differentiable keep-probability of each unit, shape ``[num_channels]``."""
+        raise NotImplementedError
+
+    def _soft_values(self) -> torch.Tensor:
+        """Values applied in training mode (defaults to :meth:`probabilities`)."""
+        return self.probabilities()
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Force the gate into the state whose :meth:`hard_mask` equals ``mask``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+    def hard_mask(self) -> torch.Tensor:
+        """Boolean keep-mask, shape ``[num_channels]``."""
+        with torch.no_grad():
+            return self.probabilities() > self.threshold
+
+    def reset_sample(self) -> None:
+        """Forget the cached sample; the surgery engine calls this before each model forward."""
+        self._cached = None
+
+    def forward(self) -> torch.Tensor:
+        """Per-unit multiplier: relaxed values in training mode, the hard mask in eval mode."""
+        if not self.training:
+            return self.hard_mask().to(self.temperature.dtype)
+        if not self.stochastic:
+            return self._soft_values()
+        if self._cached is None:
+            self._cached = self._soft_values()
+        return self._cached
+
+    def _check_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.temperature.device)
+        if mask.shape != (self.num_channels,):
+            raise ValueError(
+                f"set_mask expects a boolean tensor of shape ({self.num_channels},), "
+                f"got {tuple(mask.shape)}."
+            )
+        return mask
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_channels={self.num_channels}, temperature={float(self.temperature):.3g}, "
+            f"threshold={self.threshold}"
+        )
