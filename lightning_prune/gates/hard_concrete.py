@@ -63,7 +63,9 @@ class HardConcreteGate(ChannelGate):
     def set_mask(self, mask: torch.Tensor) -> None:
         """Set ``log_alpha`` so that kept units have ``P(z != 0) = 0.99`` and closed ones 0.01."""
         mask = self._check_mask(mask)
-        logit = math.log(max(self.threshold, 1 - self.threshold) / min(self.threshold, 1 - self.threshold))
+        logit = math.log(
+            max(self.threshold, 1 - self.threshold) / min(self.threshold, 1 - self.threshold)
+        )
         a = max(math.log(99.0), 2 * logit)
         shift = float(self._shift(float(self.temperature)))
         with torch.no_grad():

@@ -1,0 +1,31 @@
+"""Exceptions raised by lightning_prune. Every message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class PruningError(RuntimeError):
+    """Base class of every error lightning_prune raises on purpose."""
+
+
+class ExampleInputError(PruningError, ValueError):
+    """The example inputs cannot be run through the model."""
+
+
+class UntraceableModelError(PruningError):
+    """Neither torch.fx nor torch.export could capture the model's graph."""
+
+
+class NothingToPruneError(PruningError):
+    """The model has no channel group that can be gated."""
+
+
+class NotAugmentedError(PruningError):
+    """An operation needs gates, but the model was never augmented."""
+
+
+class CollapseError(PruningError):
+    """Collapse would not reproduce the gated model, so it was refused."""
+
+
+class PlanMismatchError(PruningError, ValueError):
+    """A channel plan does not fit the model it is applied to."""

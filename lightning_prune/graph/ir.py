@@ -1,0 +1,46 @@
+"""A small, backend-neutral graph IR: what the channel analysis needs from a traced model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class OpNode:
+    """One operation of the traced model.
+
+    Attributes:
+        name: unique node name.
+        kind: normalised operation kind (``"conv"``, ``"linear"``, ``"norm"``, ``"pointwise"``,
+            ``"binary"``, ``"cat"``, ``"reshape"``, ``"reduce"``, ``"slice"``, ``"split"``,
+            ``"getitem"``, ``"input"``, ``"output"``, ``"ignore"`` or ``"unknown"``).
+        inputs: names of the tensor-valued inputs, in the op's argument order (``None`` stands
+            for a non-tensor operand of a binary op).
+        attrs: kind-specific attributes (``dim``, ``op``, ``zero_preserving``, ...).
+        shape: output shape for a tensor, a list of shapes for a tuple output, else ``None``.
+        module: the ``nn.Module`` path for module calls (conv, linear, norm), else ``None``.
+        where: a human-readable location for messages (operation and module path).
+    """
+
+    name: str
+    kind: str
+    inputs: list[str | None] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    shape: Shape | list[Shape | None] | None = None
+    module: str | None = None
+    where: str = ""
+    #: Path of the innermost module whose forward issued this operation ("" at the root).
+    scope: str = ""
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order plus the backend that produced them."""
+
+    nodes: list[OpNode]
+    backend: str
+    #: FLOPs of the capturing forward pass (``torch.utils.flop_counter``), when measured.
+    total_flops: int | None = None

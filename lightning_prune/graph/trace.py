@@ -1,0 +1,146 @@
+"""Capture a model's graph (torch.fx first, torch.export as fallback) and analyse its channels."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_prune.errors import ExampleInputError, UntraceableModelError
+from lightning_prune.graph.analysis import ChannelAnalysis, analyse
+from lightning_prune.graph.fx_backend import trace_fx
+from lightning_prune.graph.ir import Graph
+
+ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
+
+
+def as_input_tuple(example_inputs: ExampleInputs | None) -> tuple[torch.Tensor, ...]:
+    """Normalise example inputs to a tuple of tensors, with a clear error otherwise."""
+    if example_inputs is None:
+        raise ExampleInputError(
+            "No example input was given. Pass a batch shaped like the model's real input, "
+            "e.g. torch.randn(1, 3, 224, 224) (Lightning: set `self.example_input_array`)."
+        )
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence) and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise ExampleInputError(
+        f"example_inputs must be a Tensor or a tuple of Tensors, got {type(example_inputs).__name__}."
+    )
+
+
+@dataclass
+class ChannelTrace:
+    """What :func:`trace_channels` returns: the captured graph and its channel analysis."""
+
+    graph: Graph
+    analysis: ChannelAnalysis
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """Unit ids of each gateable channel group."""
+        return self.analysis.groups
+
+
+def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as err:  # noqa: BLE001 - re-raised with context
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise ExampleInputError(
+            f"The model cannot run on the example input of shape {shapes}: "
+            f"{type(err).__name__}: {err}. Pass a batch shaped like the model's real input "
+            "(for an image model: batch, channels, height, width)."
+        ) from err
+
+
+def _trace_export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Graph:
+    from lightning_prune.graph.export_backend import trace_export
+
+    return trace_export(model, inputs)
+
+
+def capture(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], exclude: tuple[str, ...] = ()
+) -> Graph:
+    """Capture the graph with torch.fx, falling back to torch.export.
+
+    Raises:
+        UntraceableModelError: when both backends fail; names both failures.
+    """
+    try:
+        return trace_fx(model, inputs, exclude)
+    except Exception as fx_err:  # noqa: BLE001 - fallback
+        try:
+            return _trace_export(model, inputs)
+        except Exception as ex_err:  # noqa: BLE001 - reported together
+            raise UntraceableModelError(
+                f"lightning_prune could not capture {type(model).__name__}'s graph.\n"
+                f"  torch.fx: {type(fx_err).__name__}: {_first_line(fx_err)}\n"
+                f"  torch.export: {type(ex_err).__name__}: {_first_line(ex_err)}\n"
+                "Make the failing submodule traceable, or wrap the part that cannot be traced "
+                "in its own module and pass its path in `exclude=` so it is kept as it is."
+            ) from ex_err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""
+
+
+def trace_channels(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    exclude: Sequence[str] = (),
+) -> ChannelTrace:
+    """Find the channel groups of ``model``: producer channels that must be pruned together.
+
+    The model is traced in eval mode (its mode is restored afterwards) and is not modified.
+
+    Args:
+        model: any ``nn.Module``.
+        example_inputs: a Tensor or tuple of Tensors shaped like a real batch.
+        exclude: module path patterns whose channels are never pruned.
+
+    Returns:
+        A :class:`ChannelTrace` with the graph and the groups.
+
+    Example:
+        >>> import torchvision
+        >>> t = trace_channels(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+        >>> len(t.groups)
+        12
+    """
+    inputs = as_input_tuple(example_inputs)
+    was_training = model.training
+    try:
+        model.eval()
+        try:
+            graph = capture(model, inputs, tuple(exclude))
+        except UntraceableModelError:
+            _check_runs(model, inputs)  # a wrong example input is the likelier cause
+            raise
+    finally:
+        model.train(was_training)
+    analysis = analyse(graph, tuple(exclude))
+    _warn_ungated(analysis)
+    return ChannelTrace(graph, analysis)
+
+
+def _warn_ungated(analysis: ChannelAnalysis) -> None:
+    for reason, producers in sorted(analysis.ungated.items()):
+        names = ", ".join(f"`{p}`" for p in sorted(producers)[:4])
+        more = f" and {len(producers) - 4} more" if len(producers) > 4 else ""
+        warnings.warn(
+            f"lightning_prune: channels produced by {names}{more} reach {reason}, which the "
+            "engine cannot prune through; those channel groups are left ungated (unchanged). "
+            "Pass their paths in `exclude=` to silence this warning.",
+            stacklevel=3,
+        )

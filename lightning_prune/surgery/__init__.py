@@ -1,0 +1,17 @@
+"""Surgery: augment a model with gates, collapse it, and move its structure as a plan."""
+
+from lightning_prune.surgery.augment import augment, get_gates, get_groups, is_augmented
+from lightning_prune.surgery.collapse import collapse
+from lightning_prune.surgery.plan import apply_channel_plan, channel_plan
+from lightning_prune.surgery.state import GateGroup
+
+__all__ = [
+    "GateGroup",
+    "apply_channel_plan",
+    "augment",
+    "channel_plan",
+    "collapse",
+    "get_gates",
+    "get_groups",
+    "is_augmented",
+]

@@ -1,0 +1,263 @@
+"""Network augmentation: one gate per channel group, applied after each producer's norm."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.counting import count_flops, count_params
+from lightning_prune.errors import NothingToPruneError, PruningError
+from lightning_prune.gates.base import ChannelGate
+from lightning_prune.gates.registry import get_gate_class
+from lightning_prune.graph.analysis import ChannelAnalysis, ModuleChannels
+from lightning_prune.graph.ir import Graph
+from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
+from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
+from lightning_prune.surgery.state import (
+    GATES_ATTR,
+    STATE_ATTR,
+    GateGroup,
+    GroupSpec,
+    ModuleSpec,
+    PruneState,
+    UnitRef,
+    gate_modules,
+    get_state,
+)
+
+
+def _group_names(analysis: ChannelAnalysis) -> list[str]:
+    names: list[str] = []
+    for producers in analysis.group_producers:
+        base = producers[0].replace(".", "_") or "root"
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.append(name)
+    return names
+
+
+def _unit_positions(analysis: ChannelAnalysis) -> dict[int, tuple[int, int]]:
+    return {u: (gi, p) for gi, units in enumerate(analysis.groups) for p, u in enumerate(units)}
+
+
+def _module_flops(graph: Graph, model: nn.Module) -> dict[str, int]:
+    """FLOPs of every conv / linear call, in ``torch.utils.flop_counter``'s convention."""
+    shapes = {n.name: n.shape for n in graph.nodes}
+    flops: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.kind not in ("conv", "linear") or node.module is None:
+            continue
+        x = shapes.get(node.inputs[0] or "")
+        y = node.shape
+        if not isinstance(x, tuple) or not isinstance(y, tuple):
+            continue
+        w = tuple(model.get_submodule(node.module).weight.shape)
+        if node.kind == "linear":
+            f = 2 * math.prod(x[:-1]) * w[0] * w[1]
+        else:
+            spatial = x[2:] if node.attrs.get("transposed") else y[2:]
+            f = 2 * x[0] * math.prod(w) * math.prod(spatial)
+        flops[node.module] = flops.get(node.module, 0) + f
+    return flops
+
+
+def _segments(
+    refs: list[UnitRef], gates: list[ChannelGate], groups: list[GroupSpec]
+) -> list[Segment]:
+    runs: list[tuple[int | None, list[int]]] = []
+    for ref in refs:
+        g = None if ref is None else ref[0]
+        if runs and runs[-1][0] == g:
+            runs[-1][1].append(-1 if ref is None else ref[1])
+        else:
+            runs.append((g, [-1 if ref is None else ref[1]]))
+    segs: list[Segment] = []
+    for g, pos in runs:
+        if g is None:
+            segs.append((None, None, len(pos)))
+        else:
+            identity = pos == list(range(groups[g].num_units))
+            segs.append((gates[g], None if identity else pos, len(pos)))
+    return segs
+
+
+def _params(module: nn.Module) -> tuple[int, int]:
+    w = getattr(module, "weight", None)
+    b = getattr(module, "bias", None)
+    wn = w.numel() if isinstance(w, torch.Tensor) else 0
+    bn = b.numel() if isinstance(b, torch.Tensor) else 0
+    return wn, bn
+
+
+def _spec(
+    m: ModuleChannels,
+    analysis: ChannelAnalysis,
+    pos: dict[int, tuple[int, int]],
+    model: nn.Module,
+    flops: int,
+) -> ModuleSpec:
+    module = model.get_submodule(m.path)
+    wn, bn = _params(module)
+
+    def refs(elems: list[int] | None) -> list[UnitRef]:
+        return [pos.get(analysis.unit(e)) for e in elems or []]
+
+    if m.role == "norm":
+        return ModuleSpec(
+            m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
+        )
+    ins = refs(m.inputs)
+    outs = refs(m.outputs)
+    if m.role == "grouped":
+        return ModuleSpec(m.path, "grouped", type(module).__name__, ins, outs, flops, 0, wn + bn)
+    return ModuleSpec(m.path, "conv", type(module).__name__, ins, outs, flops, wn, bn)
+
+
+def _build_state(
+    model: nn.Module,
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    inputs: tuple[torch.Tensor, ...],
+    gate_type: str,
+) -> PruneState:
+    total = graph.total_flops if graph.total_flops is not None else count_flops(model, inputs)
+    per_module = _module_flops(graph, model)
+    pos = _unit_positions(analysis)
+    names = _group_names(analysis)
+    groups = [
+        GroupSpec(n, len(units), list(prods))
+        for n, units, prods in zip(names, analysis.groups, analysis.group_producers)
+    ]
+    specs: dict[str, ModuleSpec] = {}
+    for m in analysis.modules.values():
+        spec = _spec(m, analysis, pos, model, per_module.get(m.path, 0))
+        touched = {r[0] for r in (spec.in_units or []) + spec.out_units if r is not None}
+        if not touched:
+            continue
+        gated_out = any(r is not None for r in spec.out_units)
+        spec.site = gated_out and (
+            spec.role == "norm" or (spec.role == "conv" and not m.feeds_norm_only)
+        )
+        specs[m.path] = spec
+        for gi in touched:
+            groups[gi].modules.append(m.path)
+    return PruneState(
+        gate_type=gate_type,
+        groups=groups,
+        modules=specs,
+        example_inputs=tuple(t.detach().cpu().clone() for t in inputs),
+        dense_flops=float(total),
+        dense_params=float(count_params(model)),
+        backend=graph.backend,
+    )
+
+
+def augment(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    gate: str | type[ChannelGate] = "sigmoid",
+    exclude: Sequence[str] = (),
+    gate_kwargs: dict[str, Any] | None = None,
+) -> list[ChannelGate]:
+    """Insert one gate per channel group of ``model`` (in place).
+
+    Each gate multiplies its group's channels after every producer's normalisation (before
+    the nonlinearity). Gates start open, so a trained model's eval outputs are unchanged. The
+    groups feeding the model's outputs are never gated. Calling it again on an augmented model
+    returns the existing gates.
+
+    Args:
+        model: any CNN-like ``nn.Module``.
+        example_inputs: a Tensor or tuple of Tensors shaped like a real batch.
+        gate: gate family by registered name (``"sigmoid"``, ``"hard_concrete"``,
+            ``"gumbel_topk"``) or a :class:`~lightning_prune.gates.ChannelGate` subclass.
+        exclude: module path patterns (``fnmatch``; a prefix covers its submodules) whose
+            channels are never pruned.
+        gate_kwargs: keyword arguments for the gate class (e.g. ``temperature``).
+
+    Returns:
+        The gates, one per group (also reachable as ``model.lp_gates``).
+
+    Raises:
+        NothingToPruneError: when no channel group can be gated.
+        ExampleInputError: when the model cannot run on ``example_inputs``.
+        UntraceableModelError: when neither torch.fx nor torch.export captures the model.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18()
+        >>> gates = augment(net, torch.randn(1, 3, 64, 64))
+        >>> len(gates), gates[0].num_channels
+        (12, 64)
+    """
+    gate_cls = get_gate_class(gate)
+    existing = get_state(model)
+    if existing is not None:
+        if existing.gate_type != gate_cls.__name__:
+            raise PruningError(
+                f"{type(model).__name__} is already augmented with {existing.gate_type} gates; "
+                f"cannot add {gate_cls.__name__} gates. Collapse it or build a fresh model."
+            )
+        return gate_modules(model)
+    inputs = as_input_tuple(example_inputs)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = tuple(t.to(device) for t in inputs)
+    traced = trace_channels(model, inputs, exclude)
+    analysis = traced.analysis
+    if not analysis.groups:
+        raise NothingToPruneError(
+            f"{type(model).__name__} has no prunable channel group: lightning_prune prunes the "
+            "output channels of Conv/Linear layers that do not feed the model's output "
+            "directly. Check `exclude=` and that the model has such layers."
+        )
+    state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
+    gates = [gate_cls(g.num_units, **(gate_kwargs or {})).to(device) for g in state.groups]
+    for g in gates:
+        g.train(model.training)
+    if isinstance(model, (nn.ModuleList, nn.ModuleDict)) or (
+        isinstance(model, nn.Sequential) and type(model) is not nn.Sequential
+    ):
+        raise PruningError(
+            f"Cannot add gates to a {type(model).__name__} root: its forward iterates over "
+            "its children. Wrap it in a module with an explicit forward (or a plain "
+            "nn.Sequential)."
+        )
+    prepare_root(model)
+    model.add_module(GATES_ATTR, nn.ModuleDict({g.name: gt for g, gt in zip(state.groups, gates)}))
+    for spec in state.modules.values():
+        if spec.site:
+            attach_site(
+                model.get_submodule(spec.path), _segments(spec.out_units, gates, state.groups)
+            )
+    if gate_cls.stochastic:
+        model.register_forward_pre_hook(ResetSamples(gates))
+    model.__dict__[STATE_ATTR] = state
+    return gates
+
+
+def is_augmented(model: nn.Module) -> bool:
+    """Whether ``model`` carries lightning_prune gates."""
+    return get_state(model) is not None
+
+
+def get_gates(model: nn.Module) -> list[ChannelGate]:
+    """The model's gates in group order (``[]`` when it was never augmented)."""
+    return gate_modules(model)
+
+
+def get_groups(model: nn.Module) -> list[GateGroup]:
+    """Public description of every gated group (name, gate, width, modules)."""
+    state = get_state(model)
+    if state is None:
+        return []
+    gates = gate_modules(model)
+    return [
+        GateGroup(g.name, gate, g.num_units, list(g.producers), list(g.modules))
+        for g, gate in zip(state.groups, gates)
+    ]

@@ -1,0 +1,170 @@
+"""Collapse: slice every gated layer to its kept channels and check the result."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.errors import CollapseError
+from lightning_prune.surgery.gating import detach_sites, restore_root
+from lightning_prune.surgery.constant import replace_module
+from lightning_prune.surgery.masks import (
+    EffectiveMasks,
+    constant_role,
+    effective_masks,
+    spec_indices,
+    to_constant,
+)
+from lightning_prune.surgery.plan import PLAN_ATTR, PLAN_FORMAT, PLAN_VERSION
+from lightning_prune.surgery.resize import get_slicer, zero_channels
+from lightning_prune.surgery.state import (
+    GATES_ATTR,
+    STATE_ATTR,
+    PruneState,
+    gate_modules,
+    require_state,
+)
+
+
+def _kept(
+    idx: torch.Tensor, kept: torch.Tensor, dead: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept channel indices, and the positions (among kept) of zeroed ones."""
+    keep = torch.nonzero(kept[idx]).flatten()
+    return keep, torch.nonzero(dead[idx][keep]).flatten()
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out, key=str) for t in _flatten(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flatten(o)]
+    return []
+
+
+def _compare(ref: Any, got: Any, rtol: float) -> float:
+    """Largest error relative to the output scale; raises on a structural difference."""
+    a, b = _flatten(ref), _flatten(got)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        raise CollapseError(
+            "The collapsed model's outputs differ in structure or shape from the gated model's."
+        )
+    worst = 0.0
+    for x, y in zip(a, b):
+        scale = max(float(x.detach().abs().max()), 1e-12) if x.numel() else 1.0
+        err = float((x.detach() - y.detach()).abs().max()) if x.numel() else 0.0
+        worst = max(worst, err / scale)
+    return worst
+
+
+def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> dict[str, Any]:
+    layers: dict[str, Any] = {}
+    kept, dead, _ = masks.flat()
+    for path, (in_flat, out_flat) in spec_indices(state).items():
+        out_idx, out_dead = _kept(out_flat, kept, dead)
+        in_idx = None if in_flat is None else _kept(in_flat, kept, dead)[0]
+        if len(out_idx) == len(out_flat) and (in_idx is None or len(in_idx) == len(in_flat)):
+            continue
+        module = model.get_submodule(path)
+        entry = get_slicer(module)(module, in_idx, out_idx)
+        if len(out_dead):
+            zero_channels(module, out_dead)
+        layers[path] = {"type": type(module).__name__, **entry}
+        if constant_role(state.modules[path].role, in_idx, out_idx, kept, dead, in_flat, out_flat):
+            layers[path]["constant"] = True
+            replace_module(model, path, to_constant(module))
+    return layers
+
+
+def _strip(model: nn.Module) -> None:
+    detach_sites(model)
+    restore_root(model)
+    if GATES_ATTR in model._modules:
+        del model._modules[GATES_ATTR]
+    model.__dict__.pop(STATE_ATTR, None)
+
+
+def collapse(
+    model: nn.Module,
+    round_to: int = 1,
+    inplace: bool = False,
+    verify: bool = True,
+    rtol: float = 1e-4,
+) -> nn.Module:
+    """Return the dense, smaller network equal to the gated ``model`` with hard masks.
+
+    Every gated layer is sliced to its kept channels (conv, transposed conv, linear, batch /
+    group / instance norm). A group whose channels all closed keeps one channel whose weights
+    are zeroed, so its consumers see exactly the zeros they saw before; a residual branch
+    behind such a group costs nothing but its norm. The result is checked against the gated
+    model (eval mode, stored example input); it is never returned if it differs.
+
+    Args:
+        model: an augmented model (see :func:`~lightning_prune.augment`).
+        round_to: round each group's kept width up to a multiple of this (opening the most
+            probable closed channels), for hardware-friendly shapes; 1 keeps masks as they are.
+        inplace: rewrite ``model`` itself and return it (for modules that must keep their
+            identity, e.g. LightningModules); otherwise ``model`` is left untouched.
+        verify: check output equality (recommended; ``False`` skips two forward passes).
+        rtol: tolerance of the check, relative to the largest output magnitude.
+
+    Returns:
+        The compact model, without gates, in the same train/eval mode as ``model``.
+
+    Raises:
+        NotAugmentedError: if ``model`` has no gates.
+        CollapseError: if the compact model would not reproduce the gated one.
+    """
+    state = require_state(model, "collapse")
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}.")
+    was_training = model.training
+    work = copy.deepcopy(model)
+    gates = gate_modules(work)
+    masks = effective_masks(state, gates, round_to)
+    if round_to > 1:
+        for gate, kept in zip(gates, masks.kept):
+            if int(kept.sum()) > int(gate.hard_mask().sum()):
+                gate.set_mask(kept)
+    device = next((p.device for p in work.parameters()), torch.device("cpu"))
+    inputs = tuple(t.to(device) for t in state.example_inputs)
+    work.eval()
+    with torch.no_grad():
+        reference = work(*inputs) if verify else None
+    _strip(work)
+    layers = _slice_all(work, state, masks)
+    if verify:
+        with torch.no_grad():
+            got = work(*inputs)
+        err = _compare(reference, got, rtol)
+        if not err <= rtol:
+            raise CollapseError(
+                f"Collapse of {type(model).__name__} changed its outputs (max error {err:.3g} "
+                f"of the output scale, tolerance {rtol:g}); the model was not modified. This "
+                "means an operation between the gates and their consumers does not keep closed "
+                "channels at zero; please report it with the model, or pass its module path in "
+                "`exclude=` when augmenting."
+            )
+    work.__dict__[PLAN_ATTR] = {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "model": type(model).__name__,
+        "layers": layers,
+    }
+    work.train(was_training)
+    if not inplace:
+        return work
+    _strip(model)
+    replaced = {path for path in layers}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if name in replaced:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, work.get_submodule(name))
+    model.__dict__[PLAN_ATTR] = work.__dict__[PLAN_ATTR]
+    return model

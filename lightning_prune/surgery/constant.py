@@ -1,0 +1,87 @@
+"""A layer whose every input (or output) channel is dead computes a constant: replace it.
+
+After collapse, a conv / linear layer that reads only zeroed ("dead") channels outputs its bias
+at every position (zero padding included), and one whose kept outputs are all dead outputs
+zeros. :class:`ConstantLayer` produces that tensor with the layer's output geometry and no
+arithmetic, so a fully closed residual branch really costs nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _pair(v: object, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n  # type: ignore[arg-type]
+
+
+class ConstantLayer(nn.Module):
+    """Outputs ``value`` per channel, shaped like the output of the layer it replaces.
+
+    Args:
+        value: per-output-channel constant, shape ``[C_out]``.
+        kind: ``"conv"``, ``"conv_transpose"`` or ``"linear"``.
+        geometry: kernel_size, stride, padding, dilation, output_padding of a conv.
+    """
+
+    def __init__(
+        self, value: torch.Tensor, kind: str, geometry: dict[str, list[int] | str]
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.geometry = geometry
+        self.register_buffer("value", value.detach().clone())
+
+    @classmethod
+    def like(cls, module: nn.Module, value: torch.Tensor) -> ConstantLayer:
+        """A constant layer with ``module``'s output geometry."""
+        if isinstance(module, nn.Linear):
+            return cls(value, "linear", {})
+        conv: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
+        n = len(conv.kernel_size)
+        padding = conv.padding if isinstance(conv.padding, str) else list(_pair(conv.padding, n))
+        geometry = {
+            "kernel_size": list(conv.kernel_size),
+            "stride": list(_pair(conv.stride, n)),
+            "padding": padding,
+            "dilation": list(_pair(conv.dilation, n)),
+            "output_padding": list(_pair(conv.output_padding, n)),
+        }
+        return cls(value, "conv_transpose" if conv.transposed else "conv", geometry)
+
+    def _spatial(self, sizes: tuple[int, ...]) -> list[int]:
+        g = self.geometry
+        out = []
+        for i, size in enumerate(sizes):
+            k, s, d = g["kernel_size"][i], g["stride"][i], g["dilation"][i]  # type: ignore[index]
+            if self.kind == "conv_transpose":
+                p = g["padding"][i]  # type: ignore[index]
+                out.append((size - 1) * s - 2 * p + d * (k - 1) + g["output_padding"][i] + 1)  # type: ignore[index,operator]
+            elif g["padding"] == "same":
+                out.append(size)
+            else:
+                p = 0 if g["padding"] == "valid" else g["padding"][i]  # type: ignore[index]
+                out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            shape = [*x.shape[:-1], self.value.numel()]
+            return self.value.to(x.dtype).expand(shape).contiguous()
+        spatial = self._spatial(tuple(x.shape[2:]))
+        view = self.value.to(x.dtype).view(1, -1, *([1] * len(spatial)))
+        return view.expand(x.shape[0], self.value.numel(), *spatial).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"channels={self.value.numel()}, kind={self.kind}"
+
+
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` wherever the module at ``path`` is referenced inside ``model``."""
+    old = model.get_submodule(path)
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        for child_name, child in list(module._modules.items()):
+            if child is old:
+                module._modules[child_name] = new
+    del name

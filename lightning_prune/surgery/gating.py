@@ -1,0 +1,168 @@
+"""How gates act on a model: a site module per gated layer, fused into BatchNorm when possible.
+
+A *site* is a layer whose output is multiplied, channel by channel, by gate values. For an
+affine ``BatchNorm{1,2,3}d`` the multiply is folded into the normalisation's affine parameters
+(``F.batch_norm(x, ..., weight * g, bias * g)``): the same result with no extra pass over the
+activations. Any other layer gets a forward hook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_prune.gates.base import ChannelGate
+
+SITE_ATTR = "lp_site"
+
+#: (gate or None for fixed channels, unit positions or None for "all units in order", width)
+Segment = tuple[ChannelGate | None, list[int] | None, int]
+
+
+class SiteGate(nn.Module):
+    """Builds the per-channel gate vector of one site from one or more gates' values."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        super().__init__()
+        self._gates = tuple(g for g, _, _ in segments)  # a tuple: not registered twice
+        self._widths = tuple(w for _, _, w in segments)
+        for i, (_, idx, _) in enumerate(segments):
+            buf = torch.tensor(idx, dtype=torch.long) if idx is not None else None
+            self.register_buffer(f"idx{i}", buf, persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        parts = []
+        ref: torch.Tensor | None = None
+        for i, gate in enumerate(self._gates):
+            if gate is None:
+                parts.append(None)
+                continue
+            values = gate()
+            ref = values
+            idx = getattr(self, f"idx{i}")
+            parts.append(values if idx is None else values[idx])
+        assert ref is not None
+        if len(parts) == 1:
+            return parts[0]  # type: ignore[return-value]
+        full = [p if p is not None else ref.new_ones(w) for p, w in zip(parts, self._widths)]
+        return torch.cat(full)
+
+
+def _broadcast(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    return values.view(1, -1, *([1] * (ndim - 2)))
+
+
+class GateHook:
+    """Forward hook multiplying a layer's output by its site's gate vector (channel axis 1)."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        values = getattr(module, SITE_ATTR)()
+        return output * _broadcast(values.to(output.dtype), output.ndim)
+
+
+class ResetSamples:
+    """Forward pre-hook on the model root: stochastic gates draw one sample per forward."""
+
+    def __init__(self, gates: list[ChannelGate]) -> None:
+        self._gates = tuple(gates)
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        for gate in self._gates:
+            gate.reset_sample()
+
+
+class _GatedBatchNormMixin:
+    """BatchNorm whose affine parameters are multiplied by the site's gate values."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        bn._check_input_dim(input)
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+        track = not bn.training or bn.track_running_stats
+        g = getattr(bn, SITE_ATTR)().to(bn.weight.dtype)
+        return F.batch_norm(
+            input,
+            bn.running_mean if track else None,
+            bn.running_var if track else None,
+            bn.weight * g,
+            bn.bias * g,
+            use_batch,
+            factor,
+            bn.eps,
+        )
+
+
+class GatedBatchNorm1d(_GatedBatchNormMixin, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` with a fused gate."""
+
+
+class GatedBatchNorm2d(_GatedBatchNormMixin, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with a fused gate."""
+
+
+class GatedBatchNorm3d(_GatedBatchNormMixin, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` with a fused gate."""
+
+
+_FUSED: dict[type[nn.Module], type[nn.Module]] = {
+    nn.BatchNorm1d: GatedBatchNorm1d,
+    nn.BatchNorm2d: GatedBatchNorm2d,
+    nn.BatchNorm3d: GatedBatchNorm3d,
+}
+_UNFUSED = {v: k for k, v in _FUSED.items()}
+
+
+class GatedSequential(nn.Sequential):
+    """An ``nn.Sequential`` root that holds gates: its forward skips the gate container."""
+
+    def __iter__(self):  # noqa: ANN204 - matches nn.Sequential
+        return iter(m for k, m in self._modules.items() if k != GATES_KEY)
+
+    def __len__(self) -> int:
+        return sum(1 for k in self._modules if k != GATES_KEY)
+
+
+GATES_KEY = "lp_gates"
+
+
+def prepare_root(model: nn.Module) -> None:
+    """Let a plain ``nn.Sequential`` root carry a gate container without running it."""
+    if type(model) is nn.Sequential:
+        model.__class__ = GatedSequential
+
+
+def restore_root(model: nn.Module) -> None:
+    """Undo :func:`prepare_root`."""
+    if type(model) is GatedSequential:
+        model.__class__ = nn.Sequential
+
+
+def attach_site(module: nn.Module, segments: list[Segment]) -> None:
+    """Make ``module`` a gate site."""
+    module.add_module(SITE_ATTR, SiteGate(segments))
+    fused = _FUSED.get(type(module))
+    if fused is not None and getattr(module, "affine", False):
+        module.__class__ = fused
+    else:
+        module.register_forward_hook(GateHook())
+
+
+def detach_sites(model: nn.Module) -> None:
+    """Remove every site, hook and fused class from ``model`` (in place)."""
+    for module in model.modules():
+        if SITE_ATTR in module._modules:
+            del module._modules[SITE_ATTR]
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, GateHook):
+                del module._forward_hooks[key]
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, ResetSamples):
+                del module._forward_pre_hooks[key]
+        plain = _UNFUSED.get(type(module))
+        if plain is not None:
+            module.__class__ = plain

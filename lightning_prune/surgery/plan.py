@@ -1,0 +1,130 @@
+"""The channel plan: a JSON record of a collapsed model's widths, re-applicable to a fresh one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.errors import PlanMismatchError
+from lightning_prune.surgery.constant import replace_module
+from lightning_prune.surgery.masks import to_constant
+from lightning_prune.surgery.resize import get_slicer
+
+PLAN_FORMAT = "lightning_prune.channel_plan"
+PLAN_VERSION = 1
+PLAN_ATTR = "_lp_plan"
+
+
+def channel_plan(model: nn.Module) -> dict[str, Any]:
+    """The JSON-serialisable channel plan of a collapsed model.
+
+    The plan lists, for every resized layer, its type and original and new widths; it holds
+    no weights and no code. Save it next to the compact ``state_dict``; rebuild with
+    :func:`apply_channel_plan`.
+
+    Raises:
+        ValueError: for a model that was not produced by :func:`~lightning_prune.collapse`.
+    """
+    plan = model.__dict__.get(PLAN_ATTR)
+    if plan is None:
+        raise ValueError(
+            f"{type(model).__name__} carries no channel plan: only models returned by "
+            "lightning_prune.collapse (or rebuilt with apply_channel_plan) have one."
+        )
+    return {**plan, "layers": {k: dict(v) for k, v in plan["layers"].items()}}
+
+
+def _widths(entry: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def idx(key: str) -> torch.Tensor | None:
+        if key not in entry:
+            return None
+        return torch.arange(int(entry[key][1]))
+
+    out = idx("out")
+    return (idx("in") if "in" in entry else None), out
+
+
+def _mismatches(model: nn.Module, plan: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    modules = dict(model.named_modules())
+    for path, entry in plan["layers"].items():
+        module = modules.get(path)
+        if module is None:
+            problems.append(f"`{path}`: no such layer")
+            continue
+        if type(module).__name__ != entry["type"]:
+            problems.append(
+                f"`{path}`: plan has {entry['type']}, model has {type(module).__name__}"
+            )
+            continue
+        sizes = {
+            "in": getattr(module, "in_channels", getattr(module, "in_features", None)),
+            "out": getattr(
+                module,
+                "out_channels",
+                getattr(
+                    module,
+                    "out_features",
+                    getattr(module, "num_features", getattr(module, "num_channels", None)),
+                ),
+            ),
+        }
+        for key in ("in", "out"):
+            if key in entry and sizes[key] != entry[key][0]:
+                problems.append(
+                    f"`{path}`: plan expects {key} width {entry[key][0]}, model has {sizes[key]}"
+                )
+    return problems
+
+
+def apply_channel_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """Reshape a freshly built, unpruned ``model`` in place so a compact ``state_dict`` loads.
+
+    Args:
+        model: a new instance of the architecture the plan was made from.
+        plan: the dict from :func:`channel_plan` (e.g. read back from JSON).
+
+    Returns:
+        ``model``, resized; then call ``model.load_state_dict(compact_state, strict=True)``.
+
+    Raises:
+        PlanMismatchError: when the plan does not fit (lists every mismatched layer).
+
+    Example:
+        >>> import json, torchvision, lightning_prune as lp
+        >>> # plan = json.load(open("plan.json")); net = torchvision.models.resnet18()
+        >>> # lp.apply_channel_plan(net, plan).load_state_dict(torch.load("w.pt"))
+    """
+    if plan.get("format") != PLAN_FORMAT:
+        raise PlanMismatchError(
+            f"Not a lightning_prune channel plan (format={plan.get('format')!r}); "
+            "expected the dict written by lightning_prune.channel_plan."
+        )
+    if int(plan.get("version", -1)) > PLAN_VERSION:
+        raise PlanMismatchError(
+            f"Channel plan version {plan.get('version')} is newer than this lightning_prune "
+            f"supports ({PLAN_VERSION}); upgrade lightning_prune."
+        )
+    problems = _mismatches(model, plan)
+    if problems:
+        raise PlanMismatchError(
+            f"The channel plan does not fit {type(model).__name__} ({len(problems)} mismatched "
+            "layers; was it made for another architecture or configuration?):\n  "
+            + "\n  ".join(problems[:20])
+            + ("\n  ..." if len(problems) > 20 else "")
+        )
+    for path, entry in plan["layers"].items():
+        module = model.get_submodule(path)
+        in_idx, out_idx = _widths(entry)
+        get_slicer(module)(module, in_idx, out_idx)
+        if entry.get("constant"):
+            replace_module(model, path, to_constant(module))
+    model.__dict__[PLAN_ATTR] = channel_plan_copy(plan)
+    return model
+
+
+def channel_plan_copy(plan: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a plan's JSON content."""
+    return {**plan, "layers": {k: dict(v) for k, v in plan["layers"].items()}}

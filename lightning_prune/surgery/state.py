@@ -1,0 +1,114 @@
+"""What augmentation records on a model: groups, per-module channel maps, dense costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lightning_prune.counting import GATES_ATTR
+from lightning_prune.errors import NotAugmentedError
+from lightning_prune.gates.base import ChannelGate
+
+__all__ = ["GATES_ATTR", "GateGroup", "GroupSpec", "ModuleSpec", "PruneState", "UnitRef"]
+#: Key in the model's ``__dict__`` holding its :class:`PruneState`.
+STATE_ATTR = "_lp_state"
+
+#: A channel's unit: (group index, position in the group's gate), or None for a fixed channel.
+UnitRef = tuple[int, int] | None
+
+
+@dataclass
+class ModuleSpec:
+    """How one prunable module's weights are indexed by gate units.
+
+    Attributes:
+        path: module path in the model.
+        role: ``"conv"`` (conv / linear: inputs and outputs), ``"grouped"`` (grouped or
+            depthwise conv: whole blocks), or ``"norm"`` (per-channel parameters).
+        type_name: class name, checked when a plan is applied.
+        in_units: unit of each input channel (``None`` for norms).
+        out_units: unit of each output channel (for norms: of each channel).
+        flops: FLOPs of the module for the example input (all its calls).
+        weight_params: parameters scaled by input and output widths.
+        bias_params: parameters scaled by the output width only.
+        site: whether the gate is applied to this module's output.
+    """
+
+    path: str
+    role: str
+    type_name: str
+    in_units: list[UnitRef] | None
+    out_units: list[UnitRef]
+    flops: float = 0.0
+    weight_params: int = 0
+    bias_params: int = 0
+    site: bool = False
+
+
+@dataclass
+class GroupSpec:
+    """One gated channel group."""
+
+    name: str
+    num_units: int
+    producers: list[str]
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PruneState:
+    """Everything :func:`~lightning_prune.augment` learned about a model."""
+
+    gate_type: str
+    groups: list[GroupSpec]
+    modules: dict[str, ModuleSpec]
+    example_inputs: tuple[torch.Tensor, ...]
+    dense_flops: float
+    dense_params: float
+    backend: str
+    _index_cache: dict[str, object] = field(default_factory=dict, repr=False)
+
+    def __deepcopy__(self, memo: dict) -> PruneState:
+        # Immutable after augmentation: copies of a model share it (deepcopy of the per-channel
+        # maps would dominate the cost of copying a large model).
+        return self
+
+
+@dataclass
+class GateGroup:
+    """Public view of one gated group (see :func:`~lightning_prune.get_groups`)."""
+
+    name: str
+    gate: ChannelGate
+    num_channels: int
+    producers: list[str]
+    modules: list[str]
+
+
+def get_state(model: nn.Module) -> PruneState | None:
+    """The model's :class:`PruneState`, or ``None`` when it was never augmented."""
+    state = model.__dict__.get(STATE_ATTR)
+    return state if isinstance(state, PruneState) else None
+
+
+def require_state(model: nn.Module, action: str) -> PruneState:
+    """The model's state or a :class:`NotAugmentedError` naming ``action``."""
+    state = get_state(model)
+    if state is None:
+        raise NotAugmentedError(
+            f"Cannot {action}: {type(model).__name__} has no gates. Call "
+            "`lightning_prune.augment(model, example_inputs)` first (Lightning: use "
+            "PrunableMixin or the RelaxedPruning callback)."
+        )
+    return state
+
+
+def gate_modules(model: nn.Module) -> list[ChannelGate]:
+    """The gates of an augmented model in group order (empty list otherwise)."""
+    state = get_state(model)
+    container = getattr(model, GATES_ATTR, None)
+    if state is None or container is None:
+        return []
+    return [container[g.name] for g in state.groups]

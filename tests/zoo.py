@@ -1,0 +1,72 @@
+"""The model zoo the engine is checked on: name -> (builder, example input shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+import lightning_prune as lp
+
+Builder = Callable[[], nn.Module]
+
+
+def _tv(name: str) -> Builder:
+    return lambda: torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
+def _smp(arch: str, encoder: str) -> Builder:
+    def build() -> nn.Module:
+        import segmentation_models_pytorch as smp
+
+        return getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, classes=5)
+
+    return build
+
+
+def _cifar(depth: int) -> Builder:
+    def build() -> nn.Module:
+        from lightning_prune.models import build_model
+
+        return build_model(f"cifar_resnet{depth}", num_classes=10)
+
+    return build
+
+
+#: The issue's zoo: fast enough to run on every CI build.
+ZOO: dict[str, tuple[Builder, tuple[int, ...]]] = {
+    "resnet18": (_tv("resnet18"), (2, 3, 64, 64)),
+    "resnet50": (_tv("resnet50"), (2, 3, 64, 64)),
+    "vgg11_bn": (_tv("vgg11_bn"), (2, 3, 64, 64)),
+    "mobilenet_v2": (_tv("mobilenet_v2"), (2, 3, 64, 64)),
+    "efficientnet_b0": (_tv("efficientnet_b0"), (2, 3, 64, 64)),
+    "densenet121": (_tv("densenet121"), (2, 3, 64, 64)),
+    "regnet_x_400mf": (_tv("regnet_x_400mf"), (2, 3, 64, 64)),
+    "smp_unet_resnet34": (_smp("Unet", "resnet34"), (1, 3, 64, 64)),
+    "smp_unet_mobilenet_v2": (_smp("Unet", "mobilenet_v2"), (1, 3, 64, 64)),
+    "smp_fpn_resnet18": (_smp("FPN", "resnet18"), (1, 3, 64, 64)),
+    "smp_unetplusplus_resnet18": (_smp("UnetPlusPlus", "resnet18"), (1, 3, 64, 64)),
+    "smp_deeplabv3plus_resnet18": (_smp("DeepLabV3Plus", "resnet18"), (1, 3, 64, 64)),
+    "smp_linknet_resnet18": (_smp("Linknet", "resnet18"), (1, 3, 64, 64)),
+    "cifar_resnet20": (_cifar(20), (2, 3, 32, 32)),
+    "cifar_resnet56": (_cifar(56), (2, 3, 32, 32)),
+}
+
+
+def random_masks(gates: list[lp.gates.ChannelGate], seed: int = 0, closed_every: int = 5) -> None:
+    """Keep about half the units of each gate; close every ``closed_every``-th gate fully."""
+    gen = torch.Generator().manual_seed(seed)
+    for i, gate in enumerate(gates):
+        mask = torch.rand(gate.num_channels, generator=gen) < 0.5
+        if closed_every and i % closed_every == closed_every - 1:
+            mask[:] = False
+        elif not mask.any():
+            mask[0] = True
+        gate.set_mask(mask)
+
+
+def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = max(float(a.abs().max()), 1e-12)
+    return float((a - b).abs().max()) / scale
