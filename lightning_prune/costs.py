@@ -155,7 +155,7 @@ def hard_cost(model: nn.Module, kind: CostKind = "flops") -> float:
         f_in = 1.0 if in_idx is None or spec.role != "conv" else len(in_idx) / len(in_flat)
         dense = spec.flops if kind == "flops" else spec.weight_params + spec.bias_params
         if constant_role(spec.role, in_idx, out_idx, kept, dead, in_flat, out_flat):
-            now = 0.0 if kind == "flops" or spec.role == "grouped" else spec.bias_params * f_out
+            now = 0.0 if kind == "flops" else float(len(out_idx))  # ConstantLayer.value
         elif kind == "flops":
             now = spec.flops * f_in * f_out
         else:

@@ -88,6 +88,7 @@ class ChannelAnalysis:
     ungated: dict[str, set[str]] = field(default_factory=dict)  # reason -> modules
 
     def unit(self, elem: int) -> int:
+        """The unit (union-find root) of an element."""
         return self.uf.find(elem)
 
 

@@ -12,6 +12,4 @@ def matches(path: str, patterns: tuple[str, ...]) -> bool:
         >>> matches("decoder.blocks.0.conv", ("decoder",)), matches("encoder.conv", ("dec*",))
         (True, False)
     """
-    return any(
-        fnmatch(path, pat) or path == pat or path.startswith(pat + ".") for pat in patterns
-    )
+    return any(fnmatch(path, pat) or path == pat or path.startswith(pat + ".") for pat in patterns)

@@ -114,7 +114,7 @@ class _Converter:
                 where=f"{type(module).__name__} `{module_path}`",
             )
         if op in _NORM:
-            w_idx, g_idx = _NORM[op]
+            w_idx, _ = _NORM[op]
             module_path = self.module_of(node, _arg(node, w_idx))
             module = self.model.get_submodule(module_path) if module_path else None
             if module is None or _module_node(node, module)[0] != "norm":

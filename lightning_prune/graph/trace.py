@@ -31,7 +31,8 @@ def as_input_tuple(example_inputs: ExampleInputs | None) -> tuple[torch.Tensor, 
     ):
         return tuple(example_inputs)
     raise ExampleInputError(
-        f"example_inputs must be a Tensor or a tuple of Tensors, got {type(example_inputs).__name__}."
+        "example_inputs must be a Tensor or a tuple of Tensors, got "
+        f"{type(example_inputs).__name__}."
     )
 
 
@@ -52,7 +53,7 @@ def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
     try:
         with torch.no_grad():
             model(*inputs)
-    except Exception as err:  # noqa: BLE001 - re-raised with context
+    except Exception as err:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         raise ExampleInputError(
             f"The model cannot run on the example input of shape {shapes}: "
@@ -77,10 +78,10 @@ def capture(
     """
     try:
         return trace_fx(model, inputs, exclude)
-    except Exception as fx_err:  # noqa: BLE001 - fallback
+    except Exception as fx_err:
         try:
             return _trace_export(model, inputs)
-        except Exception as ex_err:  # noqa: BLE001 - reported together
+        except Exception as ex_err:
             raise UntraceableModelError(
                 f"lightning_prune could not capture {type(model).__name__}'s graph.\n"
                 f"  torch.fx: {type(fx_err).__name__}: {_first_line(fx_err)}\n"

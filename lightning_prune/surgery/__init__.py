@@ -1,7 +1,7 @@
 """Surgery: augment a model with gates, collapse it, and move its structure as a plan."""
 
-from lightning_prune.surgery.augment import augment, get_gates, get_groups, is_augmented
-from lightning_prune.surgery.collapse import collapse
+from lightning_prune.surgery.augmentation import augment, get_gates, get_groups, is_augmented
+from lightning_prune.surgery.collapsing import collapse
 from lightning_prune.surgery.plan import apply_channel_plan, channel_plan
 from lightning_prune.surgery.state import GateGroup
 

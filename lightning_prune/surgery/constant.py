@@ -31,7 +31,8 @@ class ConstantLayer(nn.Module):
         super().__init__()
         self.kind = kind
         self.geometry = geometry
-        self.register_buffer("value", value.detach().clone())
+        # a parameter: it is the layer's bias, and fine-tuning may keep adjusting it
+        self.value = nn.Parameter(value.detach().clone())
 
     @classmethod
     def like(cls, module: nn.Module, value: torch.Tensor) -> ConstantLayer:
@@ -80,8 +81,7 @@ class ConstantLayer(nn.Module):
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     """Put ``new`` wherever the module at ``path`` is referenced inside ``model``."""
     old = model.get_submodule(path)
-    for name, module in list(model.named_modules(remove_duplicate=False)):
+    for module in list(model.modules()):
         for child_name, child in list(module._modules.items()):
             if child is old:
                 module._modules[child_name] = new
-    del name

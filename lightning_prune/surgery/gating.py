@@ -75,7 +75,7 @@ class ResetSamples:
 class _GatedBatchNormMixin:
     """BatchNorm whose affine parameters are multiplied by the site's gate values."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
         bn._check_input_dim(input)
         factor = 0.0 if bn.momentum is None else bn.momentum
@@ -120,7 +120,7 @@ _UNFUSED = {v: k for k, v in _FUSED.items()}
 class GatedSequential(nn.Sequential):
     """An ``nn.Sequential`` root that holds gates: its forward skips the gate container."""
 
-    def __iter__(self):  # noqa: ANN204 - matches nn.Sequential
+    def __iter__(self):
         return iter(m for k, m in self._modules.items() if k != GATES_KEY)
 
     def __len__(self) -> int:

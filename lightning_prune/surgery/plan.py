@@ -36,6 +36,29 @@ def channel_plan(model: nn.Module) -> dict[str, Any]:
     return {**plan, "layers": {k: dict(v) for k, v in plan["layers"].items()}}
 
 
+def _layer_widths(module: nn.Module) -> list[int | None]:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return [module.in_channels, module.out_channels]
+    if isinstance(module, nn.Linear):
+        return [module.in_features, module.out_features]
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return [None, module.num_features]
+    if isinstance(module, nn.GroupNorm):
+        return [None, module.num_channels]
+    return [None, None]
+
+
+def layer_signature(model: nn.Module) -> dict[str, list[Any]]:
+    """``{path: [type, in width, out width]}`` of every conv / linear / norm layer."""
+    return {
+        name: [type(m).__name__, *_layer_widths(m)]
+        for name, m in model.named_modules()
+        if isinstance(
+            m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm)
+        )
+    }
+
+
 def _widths(entry: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     def idx(key: str) -> torch.Tensor | None:
         if key not in entry:
@@ -47,35 +70,25 @@ def _widths(entry: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | 
 
 
 def _mismatches(model: nn.Module, plan: dict[str, Any]) -> list[str]:
+    expected: dict[str, list[Any]] = plan.get("original") or {
+        path: [e["type"], e.get("in", [None])[0], e.get("out", [None])[0]]
+        for path, e in plan["layers"].items()
+    }
+    actual = layer_signature(model)
     problems: list[str] = []
-    modules = dict(model.named_modules())
-    for path, entry in plan["layers"].items():
-        module = modules.get(path)
-        if module is None:
-            problems.append(f"`{path}`: no such layer")
+    for path, (type_name, w_in, w_out) in expected.items():
+        if path not in actual:
+            problems.append(f"`{path}`: no such layer in the model")
             continue
-        if type(module).__name__ != entry["type"]:
-            problems.append(
-                f"`{path}`: plan has {entry['type']}, model has {type(module).__name__}"
-            )
+        a_type, a_in, a_out = actual[path]
+        if a_type != type_name:
+            problems.append(f"`{path}`: plan has {type_name}, model has {a_type}")
             continue
-        sizes = {
-            "in": getattr(module, "in_channels", getattr(module, "in_features", None)),
-            "out": getattr(
-                module,
-                "out_channels",
-                getattr(
-                    module,
-                    "out_features",
-                    getattr(module, "num_features", getattr(module, "num_channels", None)),
-                ),
-            ),
-        }
-        for key in ("in", "out"):
-            if key in entry and sizes[key] != entry[key][0]:
-                problems.append(
-                    f"`{path}`: plan expects {key} width {entry[key][0]}, model has {sizes[key]}"
-                )
+        for key, want, got in (("in", w_in, a_in), ("out", w_out, a_out)):
+            if want is not None and want != got:
+                problems.append(f"`{path}`: plan expects {key} width {want}, model has {got}")
+    if "original" in plan:
+        problems += [f"`{p}`: layer not in the plan" for p in actual if p not in expected]
     return problems
 
 

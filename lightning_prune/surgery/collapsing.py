@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import CollapseError
-from lightning_prune.surgery.gating import detach_sites, restore_root
 from lightning_prune.surgery.constant import replace_module
+from lightning_prune.surgery.gating import detach_sites, restore_root
 from lightning_prune.surgery.masks import (
     EffectiveMasks,
     constant_role,
@@ -18,7 +18,7 @@ from lightning_prune.surgery.masks import (
     spec_indices,
     to_constant,
 )
-from lightning_prune.surgery.plan import PLAN_ATTR, PLAN_FORMAT, PLAN_VERSION
+from lightning_prune.surgery.plan import PLAN_ATTR, PLAN_FORMAT, PLAN_VERSION, layer_signature
 from lightning_prune.surgery.resize import get_slicer, zero_channels
 from lightning_prune.surgery.state import (
     GATES_ATTR,
@@ -137,6 +137,7 @@ def collapse(
     with torch.no_grad():
         reference = work(*inputs) if verify else None
     _strip(work)
+    original = layer_signature(work)
     layers = _slice_all(work, state, masks)
     if verify:
         with torch.no_grad():
@@ -155,16 +156,13 @@ def collapse(
         "version": PLAN_VERSION,
         "model": type(model).__name__,
         "layers": layers,
+        "original": original,
     }
     work.train(was_training)
     if not inplace:
         return work
     _strip(model)
-    replaced = {path for path in layers}
-    for name, module in list(model.named_modules(remove_duplicate=False)):
-        if name in replaced:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, work.get_submodule(name))
+    for path in layers:
+        replace_module(model, path, work.get_submodule(path))
     model.__dict__[PLAN_ATTR] = work.__dict__[PLAN_ATTR]
     return model

@@ -1,0 +1,184 @@
+"""Surgery-engine benchmark: trace+augment and collapse time, FLOPs / params ratios and CPU
+latency of dense vs collapsed models at about 50%, 75% and 90% of FLOPs removed.
+
+Masks are set without training (largest-|BN scale| channels kept, one uniform keep ratio per
+group found by bisection on the exact FLOPs of the collapsed model), which is what matters for
+speed: the collapsed network's shapes.
+
+    python benchmarks/bench_engine.py                      # all three models
+    python benchmarks/bench_engine.py --models cifar_resnet56 --repeats 5
+
+Writes benchmarks/results/engine.json and engine.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lightning_prune as lp
+from lightning_prune.profiling import format_table, measure_latency
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    if name == "resnet50":
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None), (3, 224, 224)
+    if name == "smp_unet_resnet34":
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet("resnet34", encoder_weights=None, classes=19), (3, 256, 256)
+    if name == "cifar_resnet56":
+        from lightning_prune.models import build_model
+
+        return build_model("cifar_resnet56", num_classes=10), (3, 32, 32)
+    raise SystemExit(f"unknown model {name}")
+
+
+def importance(model: nn.Module) -> list[torch.Tensor]:
+    """A deterministic score per unit: a seeded random draw (untrained weights carry no signal)."""
+    gen = torch.Generator().manual_seed(0)
+    return [torch.rand(g.num_channels, generator=gen) for g in lp.get_gates(model)]
+
+
+def set_keep_ratio(model: nn.Module, scores: list[torch.Tensor], keep: float) -> None:
+    for gate, s in zip(lp.get_gates(model), scores):
+        k = max(1, round(keep * gate.num_channels))
+        mask = torch.zeros(gate.num_channels, dtype=torch.bool)
+        mask[torch.topk(s, k).indices] = True
+        gate.set_mask(mask)
+
+
+def keep_for_target(model: nn.Module, scores: list[torch.Tensor], removed: float) -> float:
+    lo, hi = 0.0, 1.0
+    dense = lp.dense_cost(model)
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        set_keep_ratio(model, scores, mid)
+        if 1 - lp.hard_cost(model) / dense > removed:
+            lo = mid
+        else:
+            hi = mid
+    set_keep_ratio(model, scores, hi)
+    return hi
+
+
+def run(name: str, batch: int, repeats: int, targets: list[float]) -> list[dict]:
+    model, shape = build(name)
+    model.eval()
+    example = torch.randn(1, *shape)
+    bench_x = torch.randn(batch, *shape)
+    dense_lat = measure_latency(model, bench_x, warmup=1, repeats=repeats)
+    dense_flops = lp.count_flops(model, example)
+    dense_params = lp.count_params(model)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lp.augment(model, example)
+    t_augment = time.perf_counter() - t0
+    scores = importance(model)
+    rows = [
+        {
+            "model": name,
+            "target": "dense",
+            "round_to": "-",
+            "flops_removed": 0.0,
+            "params_removed": 0.0,
+            "latency_ms": dense_lat.median_ms,
+            "speedup": 1.0,
+            "flops_ratio": 1.0,
+            "efficiency": 1.0,
+            "augment_s": t_augment,
+            "collapse_s": None,
+        }
+    ]
+    for target in targets:
+        keep_for_target(model, scores, target)
+        for round_to in (1, 8):
+            t0 = time.perf_counter()
+            compact = lp.collapse(model, round_to=round_to)
+            t_collapse = time.perf_counter() - t0
+            flops = lp.count_flops(compact, example)
+            params = lp.count_params(compact)
+            lat = measure_latency(compact, bench_x, warmup=1, repeats=repeats)
+            ratio = dense_flops / flops
+            speedup = dense_lat.median_ms / lat.median_ms
+            rows.append(
+                {
+                    "model": name,
+                    "target": f"{target:.0%}",
+                    "round_to": round_to,
+                    "flops_removed": 1 - flops / dense_flops,
+                    "params_removed": 1 - params / dense_params,
+                    "latency_ms": lat.median_ms,
+                    "speedup": speedup,
+                    "flops_ratio": ratio,
+                    "efficiency": speedup / ratio,
+                    "augment_s": t_augment,
+                    "collapse_s": t_collapse,
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["cifar_resnet56", "resnet50", "smp_unet_resnet34"]
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75, 0.9])
+    parser.add_argument("--out", default=str(RESULTS / "engine"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [r for m in args.models for r in run(m, args.batch, args.repeats, args.targets)]
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "torch": torch.__version__,
+        "command": "python benchmarks/bench_engine.py "
+        + " ".join(
+            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "out"
+        ),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    cols = {
+        "model": "model",
+        "target": "target",
+        "round_to": "round",
+        "flops_removed": "FLOPs removed",
+        "params_removed": "params removed",
+        "latency_ms": "latency ms (b32)",
+        "speedup": "speedup",
+        "flops_ratio": "FLOPs ratio",
+        "efficiency": "speedup/FLOPs ratio",
+        "augment_s": "trace+augment s",
+        "collapse_s": "collapse s",
+    }
+    table = format_table(rows, cols, float_format=".3g")
+    out.with_suffix(".md").write_text(f"{json.dumps(meta)}\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
