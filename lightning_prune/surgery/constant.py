@@ -69,10 +69,11 @@ class ConstantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":
             shape = [*x.shape[:-1], self.value.numel()]
-            return self.value.to(x.dtype).expand(shape).contiguous()
+            return self.value.to(x.dtype).expand(shape).clone(memory_format=torch.contiguous_format)
         spatial = self._spatial(tuple(x.shape[2:]))
         view = self.value.to(x.dtype).view(1, -1, *([1] * len(spatial)))
-        return view.expand(x.shape[0], self.value.numel(), *spatial).contiguous()
+        out = view.expand(x.shape[0], self.value.numel(), *spatial)
+        return out.clone(memory_format=torch.contiguous_format)  # a new tensor, not a view
 
     def extra_repr(self) -> str:
         return f"channels={self.value.numel()}, kind={self.kind}"
