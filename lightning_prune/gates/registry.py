@@ -8,7 +8,7 @@ from lightning_prune.gates.base import ChannelGate
 GATES: Registry[type[ChannelGate]] = Registry("gate")
 
 
-def register_gate(name: str):  # noqa: ANN201 - decorator
+def register_gate(name: str):
     """Class decorator registering a :class:`ChannelGate` subclass under ``name``."""
     return GATES.register(name)
 

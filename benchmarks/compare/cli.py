@@ -1,0 +1,288 @@
+"""Command line: run the comparison for a profile and write the report.
+
+    python -m benchmarks.compare --profile smoke --data-root /work/shared/data \
+        --out /tmp/bench_smoke
+    python -m benchmarks.compare --profile cpu --data-root /work/shared/data \
+        --out benchmarks/results/cpu
+    python -m benchmarks.compare --profile full --accelerator gpu --data-root /data \
+        --out benchmarks/results/full
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.compare import report
+from benchmarks.compare.data import DEFAULT_CACHE, locate
+from benchmarks.compare.methods import METHODS, Context, resolve_methods
+from benchmarks.compare.methods.dense import dense_checkpoint
+from benchmarks.compare.metrics import describe_model, is_physically_smaller, paired_latency
+from benchmarks.compare.profiles import PROFILES, Profile, get_profile
+from benchmarks.compare.tasks import TASKS, TaskSetup
+from benchmarks.compare.training import Runner, quiet_lightning
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare",
+        description="Accuracy, FLOPs, latency and cost of lightning_prune vs Torch-Pruning vs "
+        "Lightning ModelPruning, from one shared dense checkpoint.",
+    )
+    parser.add_argument("--profile", choices=list(PROFILES), default="smoke")
+    parser.add_argument(
+        "--data-root",
+        default=str(DEFAULT_CACHE),
+        help="folder holding the datasets (cifar10/, camvid/, cityscapes/) or the offline "
+        "archives (cifar10-jpg.tar.gz, camvid.tar.gz)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=str(DEFAULT_CACHE),
+        help="where archives are extracted and dense checkpoints cached (outside the repo)",
+    )
+    parser.add_argument("--download", action="store_true", help="download CIFAR-10 (torchvision)")
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"methods or aliases (all, lightning_prune, torch_pruning); "
+        f"registered: {', '.join(METHODS)}; default: the profile's",
+    )
+    parser.add_argument(
+        "--targets", nargs="+", type=float, default=None, help="fractions of FLOPs removed"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default benchmarks/results/<profile>)"
+    )
+    parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
+    parser.add_argument("--devices", default="1")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: profile's)"
+    )
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="keep finished rows of --out")
+    parser.add_argument("--no-cache", action="store_true", help="retrain the dense checkpoint")
+    parser.add_argument("--no-plot", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    return f"{model}, {os.cpu_count()} logical CPUs{gpu}"
+
+
+def _log(message: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def _budget(profile: Any) -> str:
+    return (
+        f"{profile.extra_epochs} extra epochs per method after the dense checkpoint "
+        f"(structure learning {profile.prune_epochs} + fine-tuning {profile.finetune_epochs} "
+        f"for lightning_prune and Torch-Pruning group-norm; one-shot methods fine-tune all "
+        f"{profile.extra_epochs}); batch {profile.batch_size}; SGD lr {profile.lr} cosine, "
+        f"wd {profile.weight_decay}"
+    )
+
+
+def run_row(
+    ctx: Context,
+    method: str,
+    target: float | None,
+    reference: torch.nn.Module,
+    dense_params: int,
+    profile: Profile,
+    data: str,
+) -> dict[str, Any]:
+    """Run one (method, target) and measure its network like every other."""
+    task = ctx.task
+    spec = METHODS[method]
+    row: dict[str, Any] = {
+        "task": task.name,
+        "dataset": task.profile.dataset,
+        "data": data,
+        "model": task.profile.model,
+        "profile": profile.name,
+        "method": method,
+        "family": spec.family,
+        "label": spec.label,
+        "target": target,
+        "metric": task.metric_name,
+    }
+    start = time.perf_counter()
+    try:
+        outcome = spec.fn(ctx, target)
+        net = outcome.net.cpu().eval()
+        example = task.example(1)
+        sizes = describe_model(net, example)
+        score = task.evaluate(net, ctx.runner.device)
+        net.cpu()
+        latency = paired_latency(
+            net,
+            net if spec.family == "dense" else reference,
+            example,
+            task.profile.latency_batches,
+            profile.latency_rounds,
+            profile.latency_repeats,
+            profile.threads,
+        )
+        flops_ratio = ctx.dense_flops / max(sizes["flops"], 1)
+        row.update(
+            {
+                "status": "ok",
+                "score": score,
+                **sizes,
+                "flops_removed": 1.0 - sizes["flops"] / ctx.dense_flops,
+                "flops_ratio": flops_ratio,
+                "params_removed": 1.0 - sizes["params"] / dense_params,
+                "physically_smaller": is_physically_smaller(net, dense_params),
+                **latency,
+                "train_s": outcome.train_s,
+                "prune_s": outcome.prune_s,
+                "info": outcome.info,
+            }
+        )
+        for batch in task.profile.latency_batches:
+            row[f"efficiency_b{batch}"] = latency[f"speedup_b{batch}"] / flops_ratio
+    except Exception as err:  # one failing method must not sink the comparison
+        traceback.print_exc()
+        row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    row["wall_s"] = time.perf_counter() - start
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = get_profile(args.profile)
+    if args.threads is not None:
+        profile = Profile(**{**profile.__dict__, "threads": args.threads})
+    if args.targets is not None:
+        for task in TASKS:
+            profile = profile.replace_task(task, targets=tuple(args.targets))
+    num_workers = profile.num_workers if args.num_workers is None else args.num_workers
+    out = Path(args.out or Path(__file__).resolve().parents[1] / "results" / profile.name)
+    cache_dir = Path(args.cache_dir).expanduser()
+    quiet_lightning()
+    if args.accelerator == "cpu":
+        torch.set_num_threads(profile.threads)
+    devices: Any = int(args.devices) if args.devices.isdigit() else args.devices
+    runner = Runner(args.accelerator, devices, args.precision, args.seed)
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    command = "python -m benchmarks.compare " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    old_meta, rows = report.load(out) if args.resume else ({}, [])
+    rows = [r for r in rows if r.get("status") == "ok"]
+    meta: dict[str, Any] = {
+        "profile": profile.name,
+        "description": profile.description,
+        "date": dt.date.today().isoformat(),
+        "machine": _machine(),
+        "threads": profile.threads,
+        "accelerator": args.accelerator,
+        "command": command,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "lightning": _version("lightning"),
+            "torch_pruning": _version("torch-pruning"),
+            "lightning_prune": _version("lightning-prune"),
+        },
+        "tasks": old_meta.get("tasks", {}),
+    }
+    started = time.perf_counter()
+    for task_name in tasks:
+        tprof = profile.task(task_name)
+        source = locate(tprof.dataset, args.data_root, cache_dir, args.download)
+        setup = TaskSetup(task_name, tprof, source, num_workers, args.seed)
+        _log(f"{task_name}: preparing {tprof.dataset} from {source.path} ({source.origin})")
+        setup.prepare()
+        data = setup.description()
+        _log(f"{task_name}: data = {data}")
+        state, dense_info = dense_checkpoint(setup, runner, None if args.no_cache else cache_dir)
+        _log(f"{task_name}: dense checkpoint {dense_info}")
+        reference = setup.build_net()
+        reference.load_state_dict(state)
+        reference.eval()
+        example = setup.example(1)
+        dense_sizes = describe_model(reference, example)
+        ctx = Context(setup, runner, state, dense_sizes["flops"])
+        for row in rows:  # resumed: model_pruning needs tp_magnitude's channel ratios
+            if row["task"] == task_name and row["method"] == "tp_magnitude":
+                ratio = row.get("info", {}).get("channel_ratio")
+                ctx.shared.setdefault("channel_ratio", {})[row["target"]] = ratio
+        meta["tasks"][task_name] = {
+            "model": f"{tprof.model} {tprof.model_kwargs or ''}".strip(),
+            "metric": setup.metric_name,
+            "data": data,
+            "budget": _budget(tprof),
+            "dense_checkpoint": dense_info,
+            "dense_flops": dense_sizes["flops"],
+            "dense_params": dense_sizes["params"],
+            "latency_batches": list(tprof.latency_batches),
+        }
+        methods = resolve_methods(args.methods, task_name, tprof.methods)
+        _log(f"{task_name}: methods {methods}, targets {tprof.targets}")
+        for method in methods:
+            targets = list(tprof.targets) if METHODS[method].pruning else [None]
+            for target in targets:
+                done = any(
+                    r["task"] == task_name and r["method"] == method and r["target"] == target
+                    for r in rows
+                )
+                if done:
+                    _log(f"{task_name}: {method} @ {target}: kept from the previous run")
+                    continue
+                _log(f"{task_name}: {method} @ {target} ...")
+                row = run_row(ctx, method, target, reference, dense_sizes["params"], profile, data)
+                rows.append(row)
+                summary = (
+                    f"{row['metric']} {row['score']:.4f}, "
+                    f"FLOPs removed {row['flops_removed']:.3f}, "
+                    f"speedup {row.get('speedup_b' + str(tprof.latency_batches[-1])):.2f}, "
+                    f"train {row['train_s']:.0f}s"
+                    if row["status"] == "ok"
+                    else row["status"]
+                )
+                _log(f"{task_name}: {method} @ {target}: {summary}")
+                meta["wall_s"] = time.perf_counter() - started + old_meta.get("wall_s", 0.0)
+                report.write(out, meta, rows, with_plot=False)
+    meta["wall_s"] = (
+        time.perf_counter() - started + (old_meta.get("wall_s", 0.0) if args.resume else 0.0)
+    )
+    report.write(out, meta, rows, with_plot=not args.no_plot)
+    _log(f"wrote {out / 'results.json'}, {out / 'results.md'}")
+    print((out / "results.md").read_text())
+    return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -1,0 +1,339 @@
+"""``NetworkCollapse``: turn the gated network into the smaller dense one, and save it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+import lightning_prune as lp
+from lightning_prune.module import _state
+from lightning_prune.profiling import format_table, measure_latency
+
+__all__ = ["NetworkCollapse", "unique_stem"]
+
+
+def unique_stem(dirpath: str | os.PathLike, filename: str, suffixes: Sequence[str]) -> Path:
+    """``dirpath / filename``, or ``filename-1``, ``-2``, ... so that no ``stem + suffix`` exists.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(d, "pruned.json"), "w").close()
+        >>> unique_stem(d, "pruned", [".json", ".safetensors"]).name
+        'pruned-1'
+    """
+    directory = Path(dirpath)
+    stem, k = filename, 0
+    while any((directory / f"{stem}{suffix}").exists() for suffix in suffixes):
+        k += 1
+        stem = f"{filename}-{k}"
+    return directory / stem
+
+
+def rebuild_optimizers(trainer: Trainer) -> None:
+    """Re-create optimizers after the parameters changed, keeping the LR schedule position.
+
+    Re-wraps the model in DDP (the old wrapper's buckets point at the old parameters), calls
+    ``trainer.strategy.setup_optimizers`` (which runs ``configure_optimizers`` again) and
+    restores each scheduler's state and current learning rates. Optimizer state (momentum)
+    starts afresh: its tensors had the old shapes.
+
+    Raises:
+        MisconfigurationException: for strategies other than single-device and DDP.
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        raise MisconfigurationException(
+            f"Staged pruning changes parameter shapes during training, which lightning_prune "
+            f"supports with single-device and DDP strategies, not {type(strategy).__name__}."
+        )
+    saved = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+    if isinstance(strategy, DDPStrategy):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+    strategy.setup_optimizers(trainer)
+    for config, state in zip(trainer.lr_scheduler_configs, saved):
+        config.scheduler.load_state_dict(state)
+        last = state.get("_last_lr")
+        if last is not None:
+            for group, lr in zip(config.scheduler.optimizer.param_groups, last):
+                group["lr"] = lr
+
+
+class NetworkCollapse(Callback):
+    """Collapse the gated network when fitting ends (and optionally in stages during training).
+
+    At the end of ``fit`` the module is collapsed in place (``lp.collapse(..., inplace=True)``,
+    outputs verified equal), so it then holds the compact network: ``trainer.test()`` after
+    ``fit`` tests it, and ``trainer.save_checkpoint`` writes a checkpoint that
+    ``load_from_checkpoint`` rebuilds (the mixin stores the channel plan in it). It logs
+    parameters, FLOPs and measured latency before and after (to every logger as
+    ``prune/collapse/*`` and as a table on rank 0), and saves the compact ``state_dict`` plus
+    the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
+    ``{filename}.json``, adding ``-1``, ``-2``, ... rather than overwriting. Only rank 0
+    writes; every rank collapses (identically: DDP keeps the gates in sync).
+
+    Rebuild elsewhere with::
+
+        net = MyNet(); lp.apply_channel_plan(net, json.load(open("pruned.json")))
+        net.load_state_dict(safetensors.torch.load_file("pruned.safetensors"))
+
+    Staged mode (paper 1's multi-stage schedule): at the start of each epoch in ``stages``,
+    channels whose keep-probability is at most the matching entry of ``thresholds`` are cut
+    out, the gates of the remaining channels are kept (same values), training continues on the
+    smaller network, and the optimizers are rebuilt (``configure_optimizers`` runs again; the
+    LR schedule keeps its position; momentum restarts).
+
+    Args:
+        dirpath: output directory (``None``: the Trainer's ``log_dir``).
+        filename: file stem of the weights and the plan.
+        weights_format: ``"safetensors"`` or ``"pt"`` (a weights-only ``torch.save``).
+        save: write the files at all.
+        round_to: round each group's kept width up to a multiple of this (8 suits GPUs).
+        verify: refuse to collapse if the outputs would change (recommended).
+        latency_repeats: timed forward passes for the latency (0 skips timing).
+        latency_batch_size: batch size for timing (``None``: the example input's).
+        stages: epochs at which to prune during training (increasing).
+        thresholds: keep-probability thresholds of those stages (non-decreasing, in (0, 1)).
+        collapse_on_fit_end: collapse when fitting ends.
+
+    Raises:
+        ValueError: for inconsistent ``stages`` / ``thresholds`` or bad options.
+
+    Example:
+        >>> from lightning_prune.callbacks import NetworkCollapse
+        >>> cb = NetworkCollapse(stages=[10, 20], thresholds=[0.01, 0.1])
+        >>> cb.stages, cb.thresholds
+        ([10, 20], [0.01, 0.1])
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "pruned",
+        weights_format: Literal["safetensors", "pt"] = "safetensors",
+        save: bool = True,
+        round_to: int = 1,
+        verify: bool = True,
+        latency_repeats: int = 10,
+        latency_batch_size: int | None = None,
+        stages: Sequence[int] | None = None,
+        thresholds: Sequence[float] | None = None,
+        collapse_on_fit_end: bool = True,
+    ) -> None:
+        if weights_format not in ("safetensors", "pt"):
+            raise ValueError(
+                f"weights_format must be 'safetensors' or 'pt', got {weights_format!r}."
+            )
+        if not filename or os.sep in filename:
+            raise ValueError(
+                f"filename must be a plain file stem such as 'pruned', got {filename!r}."
+            )
+        if round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {round_to}.")
+        if latency_repeats < 0:
+            raise ValueError(f"latency_repeats must be >= 0, got {latency_repeats}.")
+        if latency_batch_size is not None and latency_batch_size < 1:
+            raise ValueError(f"latency_batch_size must be positive, got {latency_batch_size}.")
+        stages = list(stages or [])
+        thresholds = list(thresholds or [])
+        if len(stages) != len(thresholds):
+            raise ValueError(
+                f"Give one threshold per stage: {len(stages)} stages {stages} but "
+                f"{len(thresholds)} thresholds {thresholds}."
+            )
+        if any(int(s) != s or s < 0 for s in stages) or any(
+            b <= a for a, b in itertools.pairwise(stages)
+        ):
+            raise ValueError(f"stages must be increasing epoch numbers >= 0, got {stages}.")
+        if any(not 0.0 < t < 1.0 for t in thresholds) or any(
+            b < a for a, b in itertools.pairwise(thresholds)
+        ):
+            raise ValueError(
+                "thresholds must be keep-probabilities in (0, 1) that do not decrease from stage "
+                f"to stage (e.g. [0.01, 0.05, 0.25]), got {thresholds}."
+            )
+        self.dirpath = dirpath
+        self.filename = filename
+        self.weights_format = weights_format
+        self.save = save
+        self.round_to = round_to
+        self.verify = verify
+        self.latency_repeats = latency_repeats
+        self.latency_batch_size = latency_batch_size
+        self.stages = [int(s) for s in stages]
+        self.thresholds = [float(t) for t in thresholds]
+        self.collapse_on_fit_end = collapse_on_fit_end
+        self.completed_stages: list[int] = []
+        self.summary: dict[str, float] = {}
+        self.weights_path: Path | None = None
+        self.plan_path: Path | None = None
+        self._dirpath: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        """Distinguishes several instances in a checkpoint."""
+        return self._generate_state_key(filename=self.filename)
+
+    # --------------------------------------------------------------------------- helpers
+    def _example(self, pl_module: nn.Module) -> tuple[torch.Tensor, ...]:
+        example = _state.example_inputs_of(pl_module, owner="NetworkCollapse")
+        if self.latency_batch_size is not None:
+            example = tuple(
+                t[:1].expand(self.latency_batch_size, *t.shape[1:]).contiguous() for t in example
+            )
+        return _state.on_device(example, _state.model_device(pl_module))
+
+    def _measure(self, pl_module: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        out = {
+            "params": float(lp.count_params(pl_module)),
+            "flops": float(lp.count_flops(pl_module, example)),
+        }
+        if self.latency_repeats:
+            result = measure_latency(pl_module, example, warmup=2, repeats=self.latency_repeats)
+            out["latency_ms"] = result.median_ms
+        return out
+
+    def _write(self, pl_module: nn.Module, plan: dict[str, Any]) -> None:
+        directory = Path(self._dirpath or ".")
+        directory.mkdir(parents=True, exist_ok=True)
+        suffix = ".safetensors" if self.weights_format == "safetensors" else ".pt"
+        stem = unique_stem(directory, self.filename, [suffix, ".json"])
+        weights = {
+            k: v.detach().cpu().contiguous().clone() for k, v in pl_module.state_dict().items()
+        }
+        self.weights_path = stem.with_name(stem.name + suffix)
+        self.plan_path = stem.with_name(stem.name + ".json")
+        if self.weights_format == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(
+                weights, str(self.weights_path), metadata={"lightning_prune_plan": json.dumps(plan)}
+            )
+        else:
+            torch.save(weights, self.weights_path)
+        self.plan_path.write_text(json.dumps(plan, indent=1))
+        rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
+
+    # ------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._dirpath is None:
+            self._dirpath = self.dirpath if self.dirpath is not None else trainer.log_dir
+        if (
+            self.stages
+            and stage == "fit"
+            and not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        ):
+            raise MisconfigurationException(
+                "NetworkCollapse(stages=...) supports single-device and DDP strategies, not "
+                f"{type(trainer.strategy).__name__}."
+            )
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        for index, (stage_epoch, threshold) in enumerate(zip(self.stages, self.thresholds)):
+            if stage_epoch == epoch and index not in self.completed_stages:
+                self.prune_stage(trainer, pl_module, threshold)
+                self.completed_stages.append(index)
+
+    def prune_stage(
+        self, trainer: Trainer, pl_module: LightningModule, threshold: float
+    ) -> dict[str, float]:
+        """Cut channels with keep-probability at most ``threshold`` and keep training."""
+        groups = lp.get_groups(pl_module)
+        if not groups:
+            rank_zero_warn("NetworkCollapse: no gates in the model, so there is nothing to prune.")
+            return {}
+        thresholds = [g.gate.threshold for g in groups]
+        for g in groups:
+            g.gate.threshold = threshold
+        masks = {g.name: g.gate.hard_mask().detach().cpu() for g in groups}
+        if all(bool(m.all()) for m in masks.values()):
+            for g, t in zip(groups, thresholds):
+                g.gate.threshold = t
+            rank_zero_info(
+                f"NetworkCollapse: no channel below threshold {threshold}; nothing pruned."
+            )
+            return {}
+        saved = {
+            g.name: {k: v.detach().clone() for k, v in g.gate.state_dict().items()} for g in groups
+        }
+        before = float(lp.count_params(pl_module))
+        lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
+        _state.record_collapse(pl_module)
+        _state.reaugment(pl_module, masks, saved)
+        rebuild_optimizers(trainer)
+        after = float(lp.count_params(pl_module))
+        metrics = {
+            "prune/stage/threshold": threshold,
+            "prune/stage/params_before": before,
+            "prune/stage/params_after": after,
+            "prune/stage/flops_ratio": float(lp.hard_cost(pl_module))
+            / float(lp.dense_cost(pl_module))
+            if lp.is_augmented(pl_module)
+            else 1.0,
+        }
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
+        rank_zero_info(
+            f"NetworkCollapse: stage at epoch {trainer.current_epoch} (threshold {threshold}): "
+            f"{before:,.0f} -> {after:,.0f} parameters."
+        )
+        return metrics
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.collapse_on_fit_end:
+            return
+        if not lp.is_augmented(pl_module):
+            rank_zero_warn(
+                "NetworkCollapse: the model has no gates at the end of fit; nothing to collapse."
+            )
+            return
+        example = self._example(pl_module)
+        before = self._measure(pl_module, example)
+        lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
+        plan = _state.record_collapse(pl_module)
+        after = self._measure(pl_module, example)
+        self.summary = {f"prune/collapse/{k}_before": v for k, v in before.items()}
+        self.summary.update({f"prune/collapse/{k}_after": v for k, v in after.items()})
+        self.summary["prune/collapse/flops_ratio"] = after["flops"] / max(before["flops"], 1.0)
+        self.summary["prune/collapse/params_ratio"] = after["params"] / max(before["params"], 1.0)
+        if "latency_ms" in after:
+            self.summary["prune/collapse/speedup"] = before["latency_ms"] / max(
+                after["latency_ms"], 1e-9
+            )
+        for logger in trainer.loggers:
+            logger.log_metrics(self.summary, step=trainer.global_step)
+            logger.save()
+        rows = [{"": "dense (gated)", **before}, {"": "collapsed", **after}]
+        rank_zero_info("NetworkCollapse:\n" + format_table(rows, float_format=",.4g"))
+        if self.save and trainer.is_global_zero:
+            self._write(pl_module, plan)
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint.setdefault(_state.CHECKPOINT_KEY, _state.checkpoint_state(pl_module))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"completed_stages": list(self.completed_stages)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.completed_stages = [int(i) for i in state_dict.get("completed_stages", [])]

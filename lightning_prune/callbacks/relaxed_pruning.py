@@ -1,0 +1,390 @@
+"""``RelaxedPruning``: the whole pruning pipeline for an unmodified LightningModule."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
+
+import lightning_prune as lp
+from lightning_prune.callbacks.collapse import NetworkCollapse
+from lightning_prune.callbacks.monitor import SparsityMonitor
+from lightning_prune.callbacks.temperature import TemperatureAnnealing
+from lightning_prune.controller import PIController
+from lightning_prune.module import _optim, _state
+from lightning_prune.module._step import PenaltyApplier, finish_penalty
+from lightning_prune.module.mixin import PrunableMixin
+from lightning_prune.penalties import SparsityPenalty
+
+__all__ = ["RelaxedPruning"]
+
+MIXIN_CONFLICT = (
+    "RelaxedPruning was given {name}, a PrunableMixin module, which already inserts gates and "
+    "adds the penalty. Use one or the other: remove the RelaxedPruning callback, or drop "
+    "PrunableMixin from {name}'s bases."
+)
+NO_EXAMPLE = (
+    "RelaxedPruning needs example inputs to find the channel groups of {name}: it has no "
+    "`example_input_array` and there is no training batch to take one from. Set "
+    "`model.example_input_array = torch.zeros(2, 3, H, W)` (a batch shaped like the input)."
+)
+
+_INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values")
+_WRAPPED = (
+    "training_step",
+    "configure_optimizers",
+    "on_save_checkpoint",
+    "on_load_checkpoint",
+    "configure_model",
+)
+
+
+class _Wrapped:
+    """An instance-level replacement of a module hook that calls the original around extra work.
+
+    Stored in the module's ``__dict__`` (shadowing the class's method) from ``setup`` to
+    ``teardown``. ``__wrapped__`` keeps Lightning's ``is_overridden`` checks meaningful.
+    """
+
+    def __init__(self, original: Callable, around: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, original)
+        self.__wrapped__ = original
+        self._around = around
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._around(self.__wrapped__, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Wrapped:
+        # a deep copy of the module (e.g. inside lp.collapse) gets a wrapper bound to the copy,
+        # sharing the callback instead of copying it
+        new = copy.copy(self)
+        new.__wrapped__ = copy.deepcopy(self.__wrapped__, memo)
+        return new
+
+
+def _owner(method: Callable) -> Any:
+    """The module a wrapped bound method belongs to."""
+    return method.__self__  # type: ignore[attr-defined]
+
+
+def default_example_inputs(batch: Any, key: int | str | None = None) -> torch.Tensor:
+    """The network input inside a training batch.
+
+    ``key`` picks it (an index into a tuple / list batch, or a dict key). Without one: the
+    batch itself if it is a tensor, its first element if it is a tuple / list, or the first of
+    ``image``, ``images``, ``input``, ``inputs``, ``x``, ``pixel_values`` in a dict.
+
+    Raises:
+        ExampleInputError: when no tensor input can be found.
+
+    Example:
+        >>> x = torch.zeros(4, 3, 8, 8)
+        >>> default_example_inputs((x, torch.zeros(4))).shape
+        torch.Size([4, 3, 8, 8])
+        >>> default_example_inputs({"label": 0, "image": x}).shape
+        torch.Size([4, 3, 8, 8])
+    """
+    if key is not None:
+        value = batch[key]
+    elif isinstance(batch, torch.Tensor):
+        value = batch
+    elif isinstance(batch, (tuple, list)) and batch:
+        value = batch[0]
+    elif isinstance(batch, Mapping):
+        value = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
+    else:
+        value = None
+    if not isinstance(value, torch.Tensor):
+        raise lp.ExampleInputError(
+            "Cannot tell the network input apart in a training batch of type "
+            f"{type(batch).__name__}; "
+            "pass RelaxedPruning(input_key=...) (an index or dict key) or set "
+            "`model.example_input_array`."
+        )
+    return value
+
+
+class RelaxedPruning(Callback):
+    """Structured pruning by continuous relaxation for any LightningModule, as one callback.
+
+    Add it to the ``Trainer`` and the module, unchanged, is pruned:
+
+    1. ``setup``: gates are inserted (before ``configure_optimizers``, so the optimizer sees
+       them). Example inputs come from ``pl_module.example_input_array`` or, when the module
+       has none, from the first training batch: the callback sets up the train dataloader early
+       with ``trainer.fit_loop.setup_data()`` and peeks at ``next(iter(trainer.train_dataloader))``
+       under ``torch.random.fork_rng`` (so the data order of training is not disturbed), keeping
+       two samples of the input (``input_key`` picks it from tuple / dict batches). Workers of
+       that extra iterator start once; stateful-dataloader resumption is not supported on this
+       path (set ``example_input_array`` instead).
+    2. The penalty is added to what ``training_step`` returns: the callback replaces the
+       module's ``training_step`` with a wrapper on the instance for the duration of ``fit``
+       (removed in ``teardown``). This is the only point where the loss can change so that
+       gradients are exactly those of ``loss + penalty``: Lightning then divides by
+       ``accumulate_grad_batches``, scales under AMP and runs it inside the DDP forward.
+       ``on_train_batch_end`` and ``on_before_backward`` would be too late.
+    3. The gates' parameters get their own optimizer group with no weight decay (the wrapper of
+       ``configure_optimizers``), the temperature is annealed
+       (:class:`TemperatureAnnealing`), sparsity is logged (:class:`SparsityMonitor`), and the
+       network is collapsed when ``fit`` ends (:class:`NetworkCollapse`).
+    4. Checkpoints: the module's ``on_save_checkpoint`` / ``on_load_checkpoint`` are wrapped the
+       same way, so resuming (also after a staged collapse) rebuilds the structure before the
+       weights load. The callback's own state holds the controller and the sub-callbacks.
+
+    With the defaults the network is trained to half its FLOPs (``target=0.5``, PI controller
+    on the hard FLOPs) with sigmoid gates annealed from slope 5 to 30. Using it on a
+    :class:`~lightning_prune.PrunableMixin` module is an error.
+
+    Args:
+        target: FLOPs ratio to reach with a PI controller (ignored when ``penalty`` is given;
+            ``None`` without a penalty: paper 1's ``0.5 * |A / A_dense|``).
+        penalty: a full :class:`~lightning_prune.penalties.SparsityPenalty` instead.
+        gate: gate family name.
+        gate_kwargs: keyword arguments of the gate class.
+        exclude: module path patterns never pruned.
+        schedule: temperature schedule name (``None``: no annealing).
+        temperature: ``(start, end)`` of the schedule (``None``: the gate family's default).
+        anneal_interval: anneal per ``"step"`` or per ``"epoch"``.
+        monitor: add a :class:`SparsityMonitor`.
+        log_every_n_steps: its period (``None``: the Trainer's).
+        collapse: add a :class:`NetworkCollapse` (collapse at the end of ``fit``).
+        dirpath: where it saves the compact weights and plan (``None``: the log dir).
+        filename: their file stem.
+        round_to: round kept widths up to a multiple of this.
+        separate_gate_group: give gate parameters their own optimizer group.
+        gate_lr: that group's base learning rate (``None``: the original group's).
+        gate_weight_decay: that group's weight decay.
+        input_key: where the input sits in a training batch (index or dict key), for peeking.
+
+    Raises:
+        ValueError: for bad arguments (unknown schedule or gate, target outside (0, 1]).
+
+    Example:
+        >>> from lightning_prune.callbacks import RelaxedPruning
+        >>> cb = RelaxedPruning(target=0.3, exclude=["net.fc"])
+        >>> cb.penalty.controller.target
+        0.3
+        >>> trainer = L.Trainer(callbacks=[cb])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        target: float | None = 0.5,
+        penalty: SparsityPenalty | None = None,
+        gate: str = "sigmoid",
+        gate_kwargs: dict[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+        schedule: str | None = "cubic",
+        temperature: tuple[float, float] | None = None,
+        anneal_interval: Literal["step", "epoch"] = "step",
+        monitor: bool = True,
+        log_every_n_steps: int | None = None,
+        collapse: bool = True,
+        dirpath: str | None = None,
+        filename: str = "pruned",
+        round_to: int = 1,
+        separate_gate_group: bool = True,
+        gate_lr: float | None = None,
+        gate_weight_decay: float = 0.0,
+        input_key: int | str | None = None,
+    ) -> None:
+        try:
+            self.gate_setup = _state.GateSetup(gate, dict(gate_kwargs or {}), tuple(exclude))
+        except KeyError as err:
+            raise ValueError(str(err.args[0])) from None
+        if penalty is None:
+            penalty = (
+                SparsityPenalty(controller=PIController(target))
+                if target is not None
+                else SparsityPenalty()
+            )
+        elif not isinstance(penalty, SparsityPenalty):
+            raise TypeError(f"penalty must be a SparsityPenalty, got {type(penalty).__name__}.")
+        if temperature is not None and len(tuple(temperature)) != 2:
+            raise ValueError(f"temperature is a (start, end) pair, got {temperature!r}.")
+        self.penalty = penalty
+        self.separate_gate_group = separate_gate_group
+        self.gate_lr = gate_lr
+        self.gate_weight_decay = gate_weight_decay
+        self.input_key = input_key
+        self.callbacks: dict[str, Callback] = {}
+        if schedule is not None:
+            start, end = temperature if temperature is not None else (None, None)
+            self.callbacks["annealing"] = TemperatureAnnealing(
+                schedule, start, end, interval=anneal_interval
+            )
+        if monitor:
+            self.callbacks["monitor"] = SparsityMonitor(log_every_n_steps=log_every_n_steps)
+        if collapse:
+            self.callbacks["collapse"] = NetworkCollapse(
+                dirpath=dirpath, filename=filename, round_to=round_to
+            )
+        self._applier = PenaltyApplier(self.penalty)
+        self._example: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+
+    # ------------------------------------------------------------------------ wrapping
+    def _around_training_step(self, original: Callable, *args: Any, **kwargs: Any) -> Any:
+        output = original(*args, **kwargs)
+        module = _owner(original)
+        if not module.automatic_optimization:
+            return output
+        return self._applier(module, output)
+
+    def _around_configure_optimizers(self, original: Callable, *args: Any, **kwargs: Any) -> Any:
+        configured = original(*args, **kwargs)
+        if self.separate_gate_group:
+            module = _owner(original)
+            moved = _optim.isolate_gate_parameters(
+                configured, module, self.gate_lr, self.gate_weight_decay
+            )
+            if moved:
+                rank_zero_info(
+                    f"RelaxedPruning: {moved} gate parameters in their own optimizer group."
+                )
+        return configured
+
+    def _around_on_save_checkpoint(
+        self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
+    ) -> Any:
+        result = original(checkpoint, *a, **k)
+        checkpoint[_state.CHECKPOINT_KEY] = _state.checkpoint_state(_owner(original))
+        return result
+
+    def _around_on_load_checkpoint(
+        self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
+    ) -> Any:
+        _state.restore_structure(_owner(original), checkpoint.get(_state.CHECKPOINT_KEY))
+        return original(checkpoint, *a, **k)
+
+    def _around_configure_model(self, original: Callable, *args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        self._augment(_owner(original))
+        return result
+
+    def _install(self, pl_module: LightningModule, names: Sequence[str]) -> None:
+        for name in names:
+            if isinstance(pl_module.__dict__.get(name), _Wrapped):
+                continue
+            around = getattr(self, f"_around_{name}")
+            pl_module.__dict__[name] = _Wrapped(getattr(pl_module, name), around)
+
+    @staticmethod
+    def _uninstall(pl_module: LightningModule) -> None:
+        for name in _WRAPPED:
+            if isinstance(pl_module.__dict__.get(name), _Wrapped):
+                del pl_module.__dict__[name]
+
+    # ---------------------------------------------------------------------- example input
+    def _peek_example(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
+        trainer.fit_loop.setup_data()  # what the fit loop does first anyway (public API)
+        loaders = trainer.train_dataloader
+        if isinstance(loaders, Mapping):
+            loaders = next(iter(loaders.values()), None)
+        elif isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            raise lp.ExampleInputError(NO_EXAMPLE.format(name=type(pl_module).__name__))
+        with torch.random.fork_rng(devices=[]):  # our extra iterator must not shift the RNG
+            batch = next(iter(loaders))
+        return default_example_inputs(batch, self.input_key)
+
+    def _augment(self, pl_module: LightningModule) -> None:
+        if lp.is_augmented(pl_module) or _state.was_collapsed(pl_module):
+            return
+        example = self._example
+        if example is None:
+            example = _state.example_inputs_of(pl_module, owner="RelaxedPruning")
+        gates = _state.augment_module(pl_module, example, self.gate_setup)
+        rank_zero_info(
+            f"RelaxedPruning: {len(gates)} channel groups gated "
+            f"({sum(g.num_channels for g in gates)} channels, {self.gate_setup.gate} gates)."
+        )
+
+    # --------------------------------------------------------------------------- hooks
+    def _forward(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks.values():
+            getattr(callback, hook)(*args)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if isinstance(pl_module, PrunableMixin):
+            raise MisconfigurationException(MIXIN_CONFLICT.format(name=type(pl_module).__name__))
+        self._install(pl_module, ("on_save_checkpoint", "on_load_checkpoint"))
+        if stage == "fit":
+            self._example = None
+            if pl_module.example_input_array is None and not lp.is_augmented(pl_module):
+                self._example = self._peek_example(trainer, pl_module)
+            self._install(pl_module, ("training_step", "configure_optimizers"))
+            if is_overridden("configure_model", pl_module):
+                self._install(pl_module, ("configure_model",))
+            else:
+                self._augment(pl_module)
+        self._forward("setup", trainer, pl_module, stage)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._forward("teardown", trainer, pl_module, stage)
+        self._uninstall(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._forward("on_fit_start", trainer, pl_module)
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._forward("on_train_epoch_start", trainer, pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._forward("on_train_batch_start", trainer, pl_module, batch, batch_idx)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._forward("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._forward("on_train_epoch_end", trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if lp.is_augmented(pl_module):
+            finish_penalty(pl_module, self.penalty)
+        self._forward("on_train_end", trainer, pl_module)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._forward("on_fit_end", trainer, pl_module)
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._forward("on_save_checkpoint", trainer, pl_module, checkpoint)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "penalty": self.penalty.state_dict(),
+            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.penalty.load_state_dict(state_dict.get("penalty") or {})
+        saved = state_dict.get("callbacks") or {}
+        for name, callback in self.callbacks.items():
+            if name in saved:
+                callback.load_state_dict(saved[name])

@@ -1,0 +1,363 @@
+"""``PrunableMixin``: gates and the sparsity penalty for any LightningModule."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningModule
+
+import lightning_prune as lp
+from lightning_prune.gates import ChannelGate
+from lightning_prune.module import _optim, _state
+from lightning_prune.module._step import PenaltyApplier, finish_penalty
+from lightning_prune.penalties import SparsityPenalty
+
+__all__ = ["PrunableMixin"]
+
+_DEPTH_ATTR = "_lp_hook_depth"
+
+
+@contextlib.contextmanager
+def _outermost(module: Any, hook: str) -> Iterator[bool]:
+    """Track nesting of ``hook`` (subclasses calling ``super()``): yields True at the outer call."""
+    depths = module.__dict__.setdefault(_DEPTH_ATTR, {})
+    depth = depths.get(hook, 0)
+    depths[hook] = depth + 1
+    try:
+        yield depth == 0
+    finally:
+        depths[hook] = depth
+
+
+def _wrap_training_step(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "training_step") as outer:
+            output = fn(self, *args, **kwargs)
+        return self._lp_add_penalty(output) if outer else output
+
+    return training_step
+
+
+def _wrap_configure_model(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def configure_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "configure_model") as outer:
+            result = fn(self, *args, **kwargs)
+        if outer:
+            self.augment_gates()
+        return result
+
+    return configure_model
+
+
+def _wrap_configure_optimizers(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def configure_optimizers(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "configure_optimizers") as outer:
+            configured = fn(self, *args, **kwargs)
+        if outer and self.separate_gate_group:
+            _optim.isolate_gate_parameters(configured, self, self.gate_lr, self.gate_weight_decay)
+        return configured
+
+    return configure_optimizers
+
+
+def _wrap_on_save_checkpoint(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def on_save_checkpoint(self: Any, checkpoint: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "on_save_checkpoint") as outer:
+            result = fn(self, checkpoint, *args, **kwargs)
+        if outer:
+            checkpoint[_state.CHECKPOINT_KEY] = {
+                **_state.checkpoint_state(self),
+                "penalty": self.sparsity_penalty.state_dict(),
+            }
+        return result
+
+    return on_save_checkpoint
+
+
+def _wrap_on_load_checkpoint(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def on_load_checkpoint(self: Any, checkpoint: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "on_load_checkpoint") as outer:
+            if outer:
+                state = checkpoint.get(_state.CHECKPOINT_KEY)
+                _state.restore_structure(self, state)
+                if state and state.get("penalty"):
+                    self.sparsity_penalty.load_state_dict(state["penalty"])
+            return fn(self, checkpoint, *args, **kwargs)
+
+    return on_load_checkpoint
+
+
+def _wrap_on_train_end(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def on_train_end(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "on_train_end") as outer:
+            result = fn(self, *args, **kwargs)
+        if outer and lp.is_augmented(self):
+            finish_penalty(self, self.sparsity_penalty)
+        return result
+
+    return on_train_end
+
+
+_WRAPPERS: dict[str, Callable[[Callable], Callable]] = {
+    "training_step": _wrap_training_step,
+    "configure_model": _wrap_configure_model,
+    "configure_optimizers": _wrap_configure_optimizers,
+    "on_save_checkpoint": _wrap_on_save_checkpoint,
+    "on_load_checkpoint": _wrap_on_load_checkpoint,
+    "on_train_end": _wrap_on_train_end,
+}
+
+
+def _wrap_class(cls: type) -> None:
+    for name, wrapper in _WRAPPERS.items():
+        fn = cls.__dict__.get(name)
+        if callable(fn) and not getattr(fn, "__lp_wrapped__", False):
+            wrapped = wrapper(fn)
+            wrapped.__lp_wrapped__ = True  # type: ignore[attr-defined]
+            setattr(cls, name, wrapped)
+
+
+def _next_definer(cls: type, name: str) -> type | None:
+    """The first class after ``PrunableMixin`` in ``cls``'s MRO that defines ``name``."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(PrunableMixin) + 1 :]:
+        if name in klass.__dict__:
+            return klass
+    return None
+
+
+class PrunableMixin:
+    """Gives a LightningModule relaxed channel gates and the sparsity penalty.
+
+    Put it *before* ``LightningModule`` in the bases. Then:
+
+    * ``configure_model`` inserts one gate per channel group (idempotent), tracing the network
+      with ``self.example_input_array``; it runs before ``configure_optimizers``, so the
+      optimizer sees the gate parameters. By default they go in their own param group with no
+      weight decay (``separate_gate_group``).
+    * whatever ``training_step`` returns (a loss tensor or a dict with ``"loss"``) gets the
+      sparsity penalty added, so gradients are those of ``loss + penalty`` (also under gradient
+      accumulation, mixed precision and DDP); every term is logged under ``prune/penalty/``.
+    * checkpoints carry the gates, the controller state and, after a collapse, the channel
+      plan, which ``on_load_checkpoint`` applies before the weights load, so
+      ``load_from_checkpoint`` rebuilds a pruned model (also with ``weights_only=True``).
+
+    Hooks you define (``training_step``, ``configure_model``, ``configure_optimizers``,
+    ``on_save_checkpoint``, ``on_load_checkpoint``) are wrapped when the class is created; calling
+    ``super()`` in them is fine and never applies anything twice. With manual optimization
+    nothing is added: call ``loss = loss + self.compute_sparsity_penalty()`` yourself.
+
+    After :class:`~lightning_prune.callbacks.NetworkCollapse` collapsed the network, no gates
+    are re-inserted and no penalty is added: fine-tuning or testing the compact network just
+    works.
+
+    Args:
+        gate: gate family name (``"sigmoid"``, ``"hard_concrete"``, ``"gumbel_topk"``).
+        gate_kwargs: keyword arguments of the gate class (e.g. ``{"temperature": 5.0}``).
+        exclude: module path patterns never pruned (``fnmatch``; a prefix covers submodules).
+        penalty: the sparsity penalty (default: ``0.5 * |A_flops / A_dense|``, paper 1).
+        separate_gate_group: move gate parameters into their own optimizer param group.
+        gate_lr: base learning rate of that group (``None``: that of the group they came from).
+        gate_weight_decay: weight decay of that group.
+        *args: passed on to the next base class.
+        **kwargs: passed on to the next base class.
+
+    Example:
+        >>> import lightning as L, torch
+        >>> from torch import nn
+        >>> from lightning_prune.module import PrunableMixin
+        >>> class Net(PrunableMixin, L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__(gate="sigmoid", gate_kwargs={"temperature": 5.0})
+        ...         self.body = nn.Sequential(
+        ...             nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        ...             nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        ...         )
+        ...         self.fc = nn.Linear(8, 2)
+        ...         self.example_input_array = torch.zeros(2, 3, 16, 16)
+        ...     def forward(self, x):
+        ...         return self.fc(self.body(x).mean((2, 3)))
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return nn.functional.cross_entropy(self(x), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1, weight_decay=5e-4)
+        >>> net = Net()
+        >>> net.configure_model()
+        >>> len(net.gates), net.gates[0].num_channels
+        (2, 8)
+        >>> loss = net.training_step((torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])), 0)
+        >>> [g["weight_decay"] for g in net.configure_optimizers().param_groups]
+        [0.0005, 0.0]
+    """
+
+    pruning_setup: _state.GateSetup
+    sparsity_penalty: SparsityPenalty
+    separate_gate_group: bool
+    gate_lr: float | None
+    gate_weight_decay: float
+
+    def __init__(
+        self,
+        *args: Any,
+        gate: str = "sigmoid",
+        gate_kwargs: dict[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+        penalty: SparsityPenalty | None = None,
+        separate_gate_group: bool = True,
+        gate_lr: float | None = None,
+        gate_weight_decay: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.configure_pruning(
+            gate=gate,
+            gate_kwargs=gate_kwargs,
+            exclude=exclude,
+            penalty=penalty,
+            separate_gate_group=separate_gate_group,
+            gate_lr=gate_lr,
+            gate_weight_decay=gate_weight_decay,
+        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if LightningModule in mro and mro.index(LightningModule) < mro.index(PrunableMixin):
+            raise TypeError(
+                f"PrunableMixin must come before LightningModule in the bases of {cls.__name__}: "
+                f"write `class {cls.__name__}(lp.PrunableMixin, L.LightningModule)`."
+            )
+        _wrap_class(cls)
+
+    def configure_pruning(
+        self,
+        gate: str = "sigmoid",
+        gate_kwargs: dict[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+        penalty: SparsityPenalty | None = None,
+        separate_gate_group: bool = True,
+        gate_lr: float | None = None,
+        gate_weight_decay: float = 0.0,
+    ) -> None:
+        """(Re)configure pruning; call it in ``__init__`` instead of passing ``super()`` kwargs.
+
+        Raises:
+            ValueError: for an unknown gate family (the message lists the choices).
+            TypeError: when ``penalty`` is not a :class:`SparsityPenalty`.
+        """
+        if penalty is not None and not isinstance(penalty, SparsityPenalty):
+            raise TypeError(
+                "penalty must be a lightning_prune.penalties.SparsityPenalty, "
+                f"got {type(penalty).__name__}."
+            )
+        if gate_lr is not None and gate_lr < 0:
+            raise ValueError(f"gate_lr must be >= 0, got {gate_lr}.")
+        try:
+            setup = _state.GateSetup(gate, dict(gate_kwargs or {}), tuple(exclude))
+        except KeyError as err:
+            raise ValueError(str(err.args[0])) from None
+        self.__dict__["pruning_setup"] = setup
+        self.__dict__["sparsity_penalty"] = penalty if penalty is not None else SparsityPenalty()
+        self.__dict__["separate_gate_group"] = bool(separate_gate_group)
+        self.__dict__["gate_lr"] = gate_lr
+        self.__dict__["gate_weight_decay"] = float(gate_weight_decay)
+
+    # ----------------------------------------------------------------------------- gates
+    @property
+    def gates(self) -> list[ChannelGate]:
+        """The gates (empty before ``configure_model`` and after a collapse)."""
+        return lp.get_gates(self)  # type: ignore[arg-type]
+
+    def augment_gates(self) -> list[ChannelGate]:
+        """Insert the gates now (what ``configure_model`` does); idempotent.
+
+        Does nothing on a network that was already collapsed.
+
+        Raises:
+            ExampleInputError: when ``example_input_array`` is not set.
+            NothingToPruneError: when the network has no channel group to gate.
+        """
+        if lp.is_augmented(self):  # type: ignore[arg-type]
+            return self.gates
+        if _state.was_collapsed(self):  # type: ignore[arg-type]
+            return []
+        example = _state.example_inputs_of(self, owner="PrunableMixin")  # type: ignore[arg-type]
+        return _state.augment_module(self, example, self.pruning_setup)  # type: ignore[arg-type]
+
+    def compute_sparsity_penalty(self, update_controller: bool = True) -> torch.Tensor:
+        """The penalty now (terms logged); for manual optimization or custom loops."""
+        return self._lp_applier().compute(self, update_controller=update_controller)
+
+    # ----------------------------------------------------------------------------- internals
+    def _lp_applier(self) -> PenaltyApplier:
+        applier = self.__dict__.get("_lp_penalty_applier")
+        if applier is None or applier.penalty is not self.sparsity_penalty:
+            applier = PenaltyApplier(self.sparsity_penalty)
+            self.__dict__["_lp_penalty_applier"] = applier
+        return applier
+
+    def _lp_add_penalty(self, output: Any) -> Any:
+        if not self.automatic_optimization:  # type: ignore[attr-defined]
+            return output
+        if not lp.is_augmented(self) and not _state.was_collapsed(self):  # type: ignore[arg-type]
+            raise lp.NotAugmentedError(
+                f"{type(self).__name__}.training_step ran before the gates were inserted: the "
+                "Trainer calls configure_model() first; outside a Trainer call "
+                "`model.configure_model()` yourself."
+            )
+        return self._lp_applier()(self, output)
+
+    def _lp_require_override(self, name: str) -> None:
+        definer = _next_definer(type(self), name)
+        if definer is None or definer is LightningModule:
+            raise MisconfigurationException(f"No `{name}()` method defined. Lightning needs one.")
+
+    # ------------------------------------------------------------------- hooks (wrapped below)
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the next class's ``training_step``; the penalty is added by the wrapper."""
+        self._lp_require_override("training_step")
+        return super().training_step(*args, **kwargs)  # type: ignore[misc]
+
+    def configure_model(self) -> None:
+        """Runs the next class's ``configure_model``, then inserts the gates."""
+        parent = super()
+        if hasattr(parent, "configure_model"):
+            parent.configure_model()
+
+    def configure_optimizers(self) -> Any:
+        """Runs the next class's ``configure_optimizers``; gates then get their own group."""
+        self._lp_require_override("configure_optimizers")
+        return super().configure_optimizers()  # type: ignore[misc]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds the pruning state to the checkpoint (after the next class's hook)."""
+        parent = super()
+        if hasattr(parent, "on_save_checkpoint"):
+            parent.on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores structure and penalty state (before the next class's hook and the weights)."""
+        parent = super()
+        if hasattr(parent, "on_load_checkpoint"):
+            parent.on_load_checkpoint(checkpoint)
+
+    def on_train_end(self) -> None:
+        """Runs the next class's hook, then the controller's final budget snap (if any)."""
+        parent = super()
+        if hasattr(parent, "on_train_end"):
+            parent.on_train_end()
+
+
+_wrap_class(PrunableMixin)

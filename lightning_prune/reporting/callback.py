@@ -1,0 +1,458 @@
+"""``PruningReport``: what a pruning run leaves behind, printed and saved when ``fit`` ends."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+import lightning_prune as lp
+from lightning_prune.profiling import measure_latency
+from lightning_prune.reporting.evaluate import evaluate_module
+from lightning_prune.reporting.paths import run_directory, unique_names
+from lightning_prune.reporting.summary import make_summary, render_summary, write_json
+
+__all__ = ["PruningReport"]
+
+#: Metric names tried, in order, when ``metric`` is not given.
+DEFAULT_METRICS = ("val/acc", "val/miou", "val_acc", "val/accuracy", "val/top1")
+#: ``callback_metrics`` keys recorded in the per-epoch history besides ``val/*`` and ``train/*``.
+HISTORY_KEYS = (
+    "prune/temperature",
+    "prune/penalty/total",
+    "prune/penalty/multiplier",
+    "prune/penalty/measured_ratio",
+    "prune/kept_soft",
+    "prune/kept_hard",
+    "prune/relaxed_flops_ratio",
+)
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _as_tuple(example: Any) -> tuple[torch.Tensor, ...] | None:
+    if isinstance(example, torch.Tensor):
+        return (example,)
+    if (
+        isinstance(example, (tuple, list))
+        and example
+        and all(isinstance(t, torch.Tensor) for t in example)
+    ):
+        return tuple(example)
+    return None
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class PruningReport(Callback):
+    """Summarise a pruning run: dense vs collapsed network, kept channels, training curves.
+
+    During ``fit`` it records, after every validation (and training epoch), the task metric,
+    the hard FLOPs / parameter ratios of the gated network (what collapsing it now would give,
+    from the engine's analytic cost model), the kept fraction of channels and the gate
+    temperature. It measures the dense network once, in ``setup`` (parameters, FLOPs per
+    sample, latency), before the gates go in.
+
+    When ``fit`` ends (after :class:`~lightning_prune.callbacks.NetworkCollapse` collapsed the
+    module, or on a collapsed copy if nothing did), it measures the collapsed network the same
+    way, evaluates it on the validation loader with the module's own ``val_metrics`` (so the
+    number is that of the network actually saved, after any final budget snap), and then, on
+    rank 0 only:
+
+    * prints two tables (dense vs collapsed: params, FLOPs, latency, metric; kept channels
+      per stage),
+    * writes ``summary.json``, ``widths.png`` (per-layer widths before/after) and
+      ``training.png`` (FLOPs, parameters and metric over epochs) into the run directory (next
+      to ``checkpoints/``), adding ``-1``, ``-2``, ... rather than overwriting anything,
+    * logs ``report/*`` numbers to every logger, and the plots and the stage table to W&B.
+
+    The dense network's metric cannot be measured in the same run (the network trained is the
+    pruned one); give it as ``reference_metric`` (e.g. the published baseline, or the result of
+    the same config with pruning off: ``--model.init_args.penalty.init_args.terms=[]``) and the
+    table shows the difference.
+
+    Args:
+        dirpath: output folder (``None``: the run directory, see
+            :func:`~lightning_prune.reporting.run_directory`).
+        filename: stem of the JSON file.
+        metric: key of the task metric (``None``: the first of ``val/acc``, ``val/miou``, ...
+            that the module logs or its ``val_metrics`` computes).
+        reference_metric: the dense network's metric, measured elsewhere (shown as "dense").
+        latency_batch_size: batch size for the latency measurement (0 skips timing).
+        latency_repeats: timed forward passes (after 2 warm-up passes).
+        evaluate: evaluate the collapsed network on the validation loader at the end.
+        eval_batches: batches for that evaluation (``None``: as many as the fit's validation).
+        plots: write the PNG plots.
+        print_summary: print the tables.
+
+    Raises:
+        ValueError: for negative sizes or counts.
+
+    Example:
+        >>> from lightning_prune.reporting import PruningReport
+        >>> PruningReport(latency_batch_size=16).latency_batch_size
+        16
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "summary",
+        metric: str | None = None,
+        reference_metric: float | None = None,
+        latency_batch_size: int = 8,
+        latency_repeats: int = 10,
+        evaluate: bool = True,
+        eval_batches: int | None = None,
+        plots: bool = True,
+        print_summary: bool = True,
+    ) -> None:
+        if latency_batch_size < 0:
+            raise ValueError(
+                f"latency_batch_size must be >= 0 (0 skips timing), got {latency_batch_size}."
+            )
+        if latency_repeats < 1:
+            raise ValueError(f"latency_repeats must be >= 1, got {latency_repeats}.")
+        if eval_batches is not None and eval_batches < 1:
+            raise ValueError(f"eval_batches must be None (all) or >= 1, got {eval_batches}.")
+        if not filename or "/" in filename or "\\" in filename:
+            raise ValueError(
+                f"filename must be a plain file stem such as 'summary', got {filename!r}."
+            )
+        self.dirpath = dirpath
+        self.filename = filename
+        self.metric = metric
+        self.reference_metric = reference_metric
+        self.latency_batch_size = latency_batch_size
+        self.latency_repeats = latency_repeats
+        self.evaluate = evaluate
+        self.eval_batches = eval_batches
+        self.plots = plots
+        self.print_summary = print_summary
+        self.history: dict[int, dict[str, Any]] = {}
+        self.dense: dict[str, Any] | None = None
+        self.dense_widths: dict[str, int] = {}
+        self.summary: dict[str, Any] | None = None
+        self.paths: dict[str, Path] = {}
+        self._dense_cost: dict[str, float] = {}
+        self._example: tuple[torch.Tensor, ...] | None = None
+        self._latency: dict[str, Any] | None = None
+        self._dense_net: nn.Module | None = None
+
+    @property
+    def state_key(self) -> str:
+        """Distinguishes several instances in a checkpoint."""
+        return self._generate_state_key(filename=self.filename)
+
+    # ------------------------------------------------------------------------- measuring
+    def _find_example(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> tuple[torch.Tensor, ...] | None:
+        example = _as_tuple(getattr(pl_module, "example_input_array", None))
+        if example is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            if datamodule is not None and hasattr(datamodule, "example_input"):
+                example = _as_tuple(datamodule.example_input(2))
+        return None if example is None else tuple(t.detach()[:1].cpu() for t in example)
+
+    def _measure(self, module: nn.Module) -> dict[str, Any]:
+        """Parameters, FLOPs per sample and latency of ``module`` (on its current device)."""
+        out: dict[str, Any] = {"params": int(lp.count_params(module))}
+        if self._example is None:
+            return out
+        device = _device_of(module)
+        one = tuple(t.to(device) for t in self._example)
+        was_training = module.training
+        module.eval()
+        try:
+            out["flops"] = int(lp.count_flops(module, one))
+        except Exception as err:
+            rank_zero_warn(f"PruningReport: could not count FLOPs ({type(err).__name__}: {err}).")
+        finally:
+            module.train(was_training)
+        return out
+
+    def _latencies(self, modules: list[nn.Module], device: torch.device) -> list[float]:
+        """Median latency of each module, measured in alternating rounds on ``device``.
+
+        Interleaving the networks (rather than timing one, then the other) keeps a change of
+        machine load from favouring either.
+        """
+        assert self._example is not None
+        batch = tuple(
+            t.expand(self.latency_batch_size, *t.shape[1:]).contiguous() for t in self._example
+        )
+        rounds = min(3, self.latency_repeats)
+        per_round = max(1, self.latency_repeats // rounds)
+        times: list[list[float]] = [[] for _ in modules]
+        result = None
+        for index in range(rounds):
+            for module, samples in zip(modules, times):
+                result = measure_latency(
+                    module, batch, warmup=2 if index == 0 else 1, repeats=per_round, device=device
+                )
+                samples.append(result.median_ms)
+        assert result is not None
+        self._latency = {
+            "batch_size": result.batch_size,
+            "device": result.device,
+            "threads": result.threads,
+            "repeats": rounds * per_round,
+            "statistic": "median of alternating rounds",
+        }
+        return [statistics.median(samples) for samples in times]
+
+    def _pruning_state(self, pl_module: nn.Module) -> dict[str, Any]:
+        groups = lp.get_groups(pl_module)
+        if not groups:
+            return {}
+        with torch.no_grad():
+            kept = sum(int(g.gate.hard_mask().sum()) for g in groups)
+            channels = sum(int(g.num_channels) for g in groups)
+            temperature = sum(float(g.gate.temperature.float().mean()) for g in groups) / len(
+                groups
+            )
+        state: dict[str, Any] = {
+            "kept_channels": kept / channels if channels else 1.0,
+            "temperature": temperature,
+        }
+        for kind in ("flops", "params"):
+            if kind not in self._dense_cost:
+                self._dense_cost[kind] = float(lp.dense_cost(pl_module, kind=kind))
+            dense = self._dense_cost[kind]
+            state[f"{kind}_ratio"] = (
+                float(lp.hard_cost(pl_module, kind=kind)) / dense if dense else None
+            )
+        return state
+
+    def _record(
+        self, trainer: Trainer, pl_module: LightningModule, prefixes: tuple[str, ...]
+    ) -> None:
+        entry = self.history.setdefault(
+            int(trainer.current_epoch), {"epoch": int(trainer.current_epoch)}
+        )
+        entry["step"] = int(trainer.global_step)
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(prefixes) or key in HISTORY_KEYS:
+                number = _scalar(value)
+                if number is not None and math.isfinite(number):
+                    entry[key] = number
+        entry.update(self._pruning_state(pl_module))
+
+    # ------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or self.dense is not None:
+            return
+        self._example = self._find_example(trainer, pl_module)
+        if self._example is None:
+            rank_zero_warn(
+                "PruningReport: the module has no `example_input_array` and the datamodule no "
+                "`example_input()`, so FLOPs and latency are not reported."
+            )
+        self.dense = self._measure(pl_module)
+        self.dense_widths = lp.layer_widths(pl_module)
+        if self.latency_batch_size and self._example is not None:
+            net = getattr(pl_module, "net", None)
+            if isinstance(net, nn.Module) and not lp.is_augmented(pl_module):
+                # a copy, timed against the collapsed network at the end under the same load
+                self._dense_net = copy.deepcopy(net)
+            else:
+                device = trainer.strategy.root_device
+                (self.dense["latency_ms"],) = self._latencies([pl_module], device)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._record(trainer, pl_module, ("val/",))
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer, pl_module, ("train/",))
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or self.dense is None:
+            return
+        try:
+            self._finish(trainer, pl_module)
+        except Exception as err:
+            rank_zero_warn(
+                f"PruningReport: could not write the report ({type(err).__name__}: {err})."
+            )
+
+    # ---------------------------------------------------------------------------- the end
+    def _metric_name(self, evaluated: Mapping[str, float]) -> str | None:
+        if self.metric:
+            return self.metric
+        seen = set(evaluated) | {k for h in self.history.values() for k in h}
+        return next((name for name in DEFAULT_METRICS if name in seen), None)
+
+    def _dense_metric(self) -> tuple[float | None, str | None]:
+        if self.reference_metric is None:
+            return None, None
+        return float(self.reference_metric), "reference value (report.reference_metric)"
+
+    def _loader(self, trainer: Trainer) -> Any:
+        loaders = trainer.val_dataloaders
+        if loaders is None and getattr(trainer, "datamodule", None) is not None:
+            try:
+                loaders = trainer.datamodule.val_dataloader()
+            except Exception:
+                return None
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        return loaders
+
+    def _eval_batches(self, trainer: Trainer) -> int | None:
+        if self.eval_batches is not None:
+            return self.eval_batches
+        counts = [n for n in (trainer.num_val_batches or []) if math.isfinite(n)]
+        return int(counts[0]) if counts else None
+
+    def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert self.dense is not None
+        compact: nn.Module = pl_module
+        note = None
+        if lp.is_augmented(pl_module):
+            compact = lp.collapse(pl_module, inplace=False)
+            note = "collapsed copy (no NetworkCollapse callback collapsed the module)"
+        collapsed = self._measure(compact)
+        collapsed_widths = lp.layer_widths(compact)
+        dense = dict(self.dense)
+        if self.latency_batch_size and self._example is not None:
+            device = trainer.strategy.root_device
+            net = getattr(compact, "net", None)
+            if self._dense_net is not None and isinstance(net, nn.Module):
+                dense["latency_ms"], collapsed["latency_ms"] = self._latencies(
+                    [self._dense_net, net], device
+                )
+            else:
+                (collapsed["latency_ms"],) = self._latencies([compact], device)
+            self._dense_net = None
+        evaluated: dict[str, float] = {}
+        loader = self._loader(trainer) if self.evaluate else None
+        if loader is not None:
+            evaluated = evaluate_module(
+                compact,
+                loader,
+                device=trainer.strategy.root_device,
+                max_batches=self._eval_batches(trainer),
+            )
+        metric = self._metric_name(evaluated)
+        dense["metric"], dense["metric_source"] = self._dense_metric()
+        history = [self.history[k] for k in sorted(self.history)]
+        if metric is not None:
+            collapsed["metric"] = evaluated.get(metric)
+            if collapsed["metric"] is None and history:
+                collapsed["metric"] = history[-1].get(metric)
+        collapsed["evaluated"] = evaluated
+        network = type(getattr(pl_module, "net", pl_module)).__name__
+        directory = Path(self.dirpath) if self.dirpath is not None else run_directory(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path, widths_path, training_path = unique_names(
+            directory, [f"{self.filename}.json", "widths.png", "training.png"]
+        )
+        self.summary = make_summary(
+            dense,
+            collapsed,
+            self.dense_widths,
+            collapsed_widths,
+            metric=metric,
+            history=history,
+            model=type(pl_module).__name__,
+            network=network,
+            created=datetime.datetime.now().isoformat(timespec="seconds"),
+            epochs=int(trainer.current_epoch),
+            global_step=int(trainer.global_step),
+            run_dir=str(directory),
+            latency=self._latency,
+            note=note,
+        )
+        files = [json_path.name]
+        if self.plots:
+            from lightning_prune.reporting.plots import plot_training, plot_widths
+
+            plot_widths(self.summary["layers"], widths_path, title=network)
+            plot_training(history, training_path, metric=metric, title=f"{network}: training")
+            files += [widths_path.name, training_path.name]
+        self.summary["files"] = sorted(
+            {*files, *(p.name for p in directory.iterdir() if p.is_file())}
+        )
+        write_json(json_path, self.summary)
+        self.paths = {"json": json_path}
+        if self.plots:
+            self.paths.update(widths=widths_path, training=training_path)
+        if self.print_summary:
+            render_summary(self.summary)
+        self._log(trainer)
+        rank_zero_info(f"PruningReport: wrote {', '.join(str(p) for p in self.paths.values())}")
+
+    def _log(self, trainer: Trainer) -> None:
+        summary = self.summary
+        assert summary is not None
+        numbers: dict[str, float] = {}
+        for row in ("dense", "collapsed"):
+            for key in ("params", "flops", "latency_ms", "metric"):
+                value = summary[row].get(key)
+                if value is not None:
+                    numbers[f"report/{row}_{key}"] = float(value)
+        for key in ("flops_removed", "params_removed", "speedup"):
+            if summary.get(key) is not None:
+                numbers[f"report/{key}"] = float(summary[key])
+        for logger in trainer.loggers:
+            logger.log_metrics(numbers, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                columns = ["stage", "layers", "dense", "kept", "kept_fraction"]
+                logger.log_table(
+                    key="report/kept_channels_per_stage",
+                    columns=columns,
+                    data=[[row[c] for c in columns] for row in summary["stages"]],
+                    step=trainer.global_step,
+                )
+                images = [str(self.paths[k]) for k in ("widths", "training") if k in self.paths]
+                if images:
+                    logger.log_image(key="report/plots", images=images, step=trainer.global_step)
+            logger.save()
+
+    # ------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [self.history[k] for k in sorted(self.history)],
+            "dense": self.dense,
+            "dense_widths": self.dense_widths,
+            "dense_cost": self._dense_cost,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {int(h["epoch"]): dict(h) for h in state_dict.get("history", [])}
+        if state_dict.get("dense") is not None:
+            self.dense = dict(state_dict["dense"])
+            self.dense_widths = dict(state_dict.get("dense_widths") or {})
+        self._dense_cost = dict(state_dict.get("dense_cost") or {})

@@ -1,0 +1,162 @@
+"""Every shipped config parses and instantiates with ``LightningCLI(run=False)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_prune.callbacks import NetworkCollapse, SparsityMonitor, TemperatureAnnealing
+from lightning_prune.cli import DEMO_CONFIG, LightningPruneCLI
+from lightning_prune.reporting import PruningReport
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+CONFIGS = ROOT / "configs"
+
+# config -> (module class, network class, datamodule class, num_classes, optimizer, lr, weight decay, epochs)
+EXPECTED = {
+    "demo.yaml": (
+        "ClassificationModule",
+        "SmallCNN",
+        "DigitsDataModule",
+        10,
+        torch.optim.Adam,
+        3e-3,
+        0.0,
+        None,
+    ),
+    "demo_segmentation.yaml": (
+        "SegmentationModule",
+        "TinyUNet",
+        "ShapesDataModule",
+        4,
+        torch.optim.Adam,
+        5e-3,
+        0.0,
+        None,
+    ),
+    "cifar10_resnet56.yaml": (
+        "ClassificationModule",
+        "CifarResNet",
+        "CIFAR10DataModule",
+        10,
+        torch.optim.SGD,
+        0.1,
+        5e-4,
+        160,
+    ),
+    "imagenet_resnet50.yaml": (
+        "ClassificationModule",
+        "ResNet",
+        "ImageNetDataModule",
+        1000,
+        torch.optim.SGD,
+        0.1,
+        1e-4,
+        90,
+    ),
+    "cityscapes_unet.yaml": (
+        "SegmentationModule",
+        "Unet",
+        "CityscapesDataModule",
+        19,
+        torch.optim.Adam,
+        1e-3,
+        0.0,
+        200,
+    ),
+    "camvid_unet.yaml": (
+        "SegmentationModule",
+        "Unet",
+        "CamVidDataModule",
+        11,
+        torch.optim.Adam,
+        1e-3,
+        0.0,
+        200,
+    ),
+}
+
+
+def test_every_config_is_covered() -> None:
+    assert {p.name for p in CONFIGS.glob("*.yaml")} == set(EXPECTED)
+
+
+def test_embedded_default_is_configs_demo() -> None:
+    assert yaml.safe_load(DEMO_CONFIG) == yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    assert (CONFIGS / "demo.yaml").read_text() == DEMO_CONFIG  # comments included
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_instantiates(name: str, tmp_path: Path) -> None:
+    module_cls, net_cls, data_cls, classes, optimizer_cls, lr, weight_decay, epochs = EXPECTED[name]
+    text = (CONFIGS / name).read_text()
+    assert "WandbLogger" in text  # the ready, commented W&B block
+    args = [
+        "--config",
+        str(CONFIGS / name),
+        "--trainer.precision=32-true",  # the GPU configs use mixed precision; this runs on CPU
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    if "data_dir" in text:  # datamodules check their folder in setup, not when constructed
+        args.append(f"--data.data_dir={tmp_path / 'missing'}")
+    cli = LightningPruneCLI(args=args, run=False)
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    assert type(model).__name__ == module_cls
+    assert type(model.net).__name__ == net_cls
+    assert type(data).__name__ == data_cls
+    assert model.num_classes == classes == data.num_classes
+    assert getattr(model, "ignore_index", None) == getattr(data, "ignore_index", None)
+    assert tuple(model.example_input_array.shape[1:]) == tuple(data.input_shape)
+    if epochs is not None:
+        assert trainer.max_epochs == epochs
+    callbacks = {type(c) for c in trainer.callbacks}
+    assert {
+        TemperatureAnnealing,
+        SparsityMonitor,
+        NetworkCollapse,
+        ModelCheckpoint,
+        PruningReport,
+    } <= callbacks
+    assert RichProgressBar in callbacks
+    assert isinstance(trainer.loggers[0], CSVLogger)
+    penalty = model.sparsity_penalty
+    assert penalty.terms or penalty.controller is not None
+    # the optimizer the module builds: network and gates in separate param groups
+    optimizer = model.optimizer_fn([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+    assert isinstance(optimizer, optimizer_cls)
+    assert optimizer.defaults["lr"] == pytest.approx(lr)
+    assert optimizer.defaults["weight_decay"] == pytest.approx(weight_decay)
+    if optimizer_cls is torch.optim.SGD:
+        assert optimizer.defaults["momentum"] == 0.9
+    if name == "cifar10_resnet56.yaml":
+        assert data.batch_size == 128
+        assert data.data_dir == str(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "cifar10_resnet56.yaml"])
+def test_gates_get_their_own_param_group(name: str, tmp_path: Path) -> None:
+    args = [
+        "--config",
+        str(CONFIGS / name),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+    ]
+    cli = LightningPruneCLI(args=args, run=False)
+    model = cli.model
+    model.trainer = cli.trainer
+    model.configure_model()
+    assert len(model.gates) > 0
+    configured = model.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    gate_ids = {id(p) for g in model.gates for p in g.parameters()}
+    groups = optimizer.param_groups
+    assert len(groups) == 2
+    gate_groups = [g for g in groups if {id(p) for p in g["params"]} == gate_ids]
+    assert len(gate_groups) == 1 and gate_groups[0]["weight_decay"] == 0.0
