@@ -42,18 +42,47 @@ from lightning_prune.surgery.widths import layer_widths
 
 __version__ = "0.1.0"
 
+# The Lightning layer, imported on first use so that `import lightning_prune` stays PyTorch-only.
+_LIGHTNING_LAYER = {
+    "PrunableMixin": "lightning_prune.module",
+    "PrunableModule": "lightning_prune.module",
+    "ClassificationModule": "lightning_prune.module",
+    "SegmentationModule": "lightning_prune.module",
+    "SparsityPenalty": "lightning_prune.penalties",
+    "callbacks": "lightning_prune.callbacks",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Resolve the Lightning layer lazily (PEP 562)."""
+    if name in _LIGHTNING_LAYER:
+        import importlib
+
+        module = importlib.import_module(_LIGHTNING_LAYER[name])
+        value = module if name == "callbacks" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_prune' has no attribute {name!r}")
+
+
 __all__ = [
+    "ClassificationModule",
     "CollapseError",
     "ExampleInputError",
     "GateGroup",
     "NotAugmentedError",
     "NothingToPruneError",
     "PlanMismatchError",
+    "PrunableMixin",
+    "PrunableModule",
     "PruningError",
+    "SegmentationModule",
+    "SparsityPenalty",
     "UntraceableModelError",
     "__version__",
     "apply_channel_plan",
     "augment",
+    "callbacks",
     "channel_plan",
     "collapse",
     "count_flops",
