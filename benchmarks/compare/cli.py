@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -73,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: profile's)"
     )
+    parser.add_argument(
+        "--latency-threads",
+        type=int,
+        default=None,
+        help="CPU threads of the latency measurement (default: --threads); 1 is more robust "
+        "when other processes share the cores",
+    )
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="keep finished rows of --out")
@@ -101,6 +109,13 @@ def _machine() -> str:
     if torch.cuda.is_available():
         gpu = f", GPU {torch.cuda.get_device_name(0)}"
     return f"{model}, {os.cpu_count()} logical CPUs{gpu}"
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _log(message: str) -> None:
@@ -156,7 +171,7 @@ def run_row(
             task.profile.latency_batches,
             profile.latency_rounds,
             profile.latency_repeats,
-            profile.threads,
+            profile.latency_threads or profile.threads,
         )
         flops_ratio = ctx.dense_flops / max(sizes["flops"], 1)
         row.update(
@@ -187,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = get_profile(args.profile)
     if args.threads is not None:
-        profile = Profile(**{**profile.__dict__, "threads": args.threads})
+        profile = dataclasses.replace(profile, threads=args.threads)
+    if args.latency_threads is not None:
+        profile = dataclasses.replace(profile, latency_threads=args.latency_threads)
     if args.targets is not None:
         for task in TASKS:
             profile = profile.replace_task(task, targets=tuple(args.targets))
@@ -211,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.date.today().isoformat(),
         "machine": _machine(),
         "threads": profile.threads,
+        "latency_threads": profile.latency_threads or profile.threads,
+        "load_average": _load(),
         "accelerator": args.accelerator,
         "command": command,
         "versions": {

@@ -102,7 +102,9 @@ class Profile:
         name: ``smoke``, ``cpu`` or ``full``.
         classification: the classification task profile.
         segmentation: the segmentation task profile.
-        threads: CPU threads for training (CPU runs) and for the latency measurement.
+        threads: CPU threads for training (CPU runs) and, unless ``latency_threads`` is set,
+            for the latency measurement.
+        latency_threads: CPU threads of the latency measurement (``None``: ``threads``).
         num_workers: DataLoader workers.
         latency_rounds: alternating rounds of (reference, model) timings per batch size.
         latency_repeats: timed forward passes per round.
@@ -113,6 +115,7 @@ class Profile:
     classification: TaskProfile
     segmentation: TaskProfile
     threads: int = 2
+    latency_threads: int | None = None
     num_workers: int = 0
     latency_rounds: int = 3
     latency_repeats: int = 5

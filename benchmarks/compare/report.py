@@ -195,8 +195,10 @@ def markdown(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         f"# Pruning comparison: profile `{meta['profile']}`",
         "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; {meta['threads']} threads; "
-        f"accelerator: {meta['accelerator']}",
+        f"- date: {meta['date']}; machine: {meta['machine']}; {meta['threads']} threads "
+        f"(latency: {meta.get('latency_threads', meta['threads'])}); accelerator: "
+        f"{meta['accelerator']}; load average at start {meta.get('load_average')}, end "
+        f"{meta.get('load_average_end')}",
         f"- versions: torch {meta['versions'].get('torch')}, lightning "
         f"{meta['versions'].get('lightning')}, torch-pruning "
         f"{meta['versions'].get('torch_pruning')}",
