@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -187,12 +188,35 @@ def test_report_writes_json_markdown_and_plot(tmp_path):
     assert Image.open(io.BytesIO(png)).size[0] > 100
     meta2, rows2 = report.load(tmp_path)
     assert meta2["profile"] == "smoke" and len(rows2) == 5
+    # --report-only re-renders from the JSON
+    from benchmarks.compare.cli import main
+
+    (tmp_path / "results.md").unlink()
+    assert main(["--report-only", "--no-plot", "--out", str(tmp_path)]) == 0
+    assert "lp_sigmoid" in (tmp_path / "results.md").read_text()
+
+
+def test_torch_pruning_progressive_pruning_hits_flops_and_keeps_train_mode():
+    pytest.importorskip("torch_pruning")
+    import torch
+
+    import lightning_prune as lp
+    from benchmarks.compare.methods.torch_pruning import build_pruner, progressive_pruning
+    from lightning_prune.models import build_model
+
+    net = build_model("cifar_resnet20", num_classes=10).train()
+    example = torch.randn(1, 3, 32, 32)
+    dense = lp.count_flops(net, example)
+    pruner = build_pruner("magnitude", net, example, steps=50, reg=5e-4)
+    steps, flops = progressive_pruning(pruner, net, example, 0.5 * dense)
+    assert 0 < steps <= 50 and flops <= 0.5 * dense and flops == lp.count_flops(net, example)
+    assert all(m.training for m in net.modules())  # pruned nets must fine-tune in train mode
+    assert net.fc.out_features == 10  # the classifier's outputs are never pruned
 
 
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_smoke_profile_end_to_end(tmp_path):
     pytest.importorskip("torch_pruning")
@@ -201,16 +225,19 @@ def test_smoke_profile_end_to_end(tmp_path):
     make_cifar_tree(tmp_path / "data" / "cifar10")
     make_camvid_tree(tmp_path / "data" / "camvid")
     out = tmp_path / "out"
-    code = main(
-        [
-            "--profile", "smoke",
-            "--data-root", str(tmp_path / "data"),
-            "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(out),
-            "--methods", "dense", "lp_sigmoid", "tp_magnitude", "model_pruning",
-            "--targets", "0.75",
-        ]
-    )  # fmt: skip
+    args = [
+        "--profile", "smoke",
+        "--data-root", str(tmp_path / "data"),
+        "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(out),
+        "--methods", "dense", "lp_sigmoid", "tp_magnitude", "model_pruning",
+        "--targets", "0.75",
+    ]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(args)
+    eval_mode = [w for w in caught if "eval mode at the start of training" in str(w.message)]
+    assert not eval_mode, "a method trained a network left in eval mode"
     payload = json.loads((out / "results.json").read_text())
     rows = payload["rows"]
     assert code == 0, [r["status"] for r in rows]
@@ -219,7 +246,9 @@ def test_smoke_profile_end_to_end(tmp_path):
     by = {(r["task"], r["method"]): r for r in rows}
     lp_row = by[("classification", "lp_sigmoid")]
     assert lp_row["physically_smaller"] and lp_row["flops_removed"] > 0.5
-    assert abs(lp_row["flops_removed"] - 0.75) <= 0.05
+    # one structure step: gate scores tie, so the final snap is coarse (the cpu profile's 160
+    # steps end within a point)
+    assert abs(lp_row["flops_removed"] - 0.75) <= 0.1
     assert by[("classification", "tp_magnitude")]["physically_smaller"]
     mp = by[("classification", "model_pruning")]
     assert not mp["physically_smaller"] and mp["flops_removed"] == pytest.approx(0.0)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,26 @@ def test_model_and_data_must_agree(tmp_path: Path) -> None:
     assert tuple(cli.model.example_input_array.shape) == (2, 1, 24, 24)
 
 
+def _wandb_records(path: Path) -> bytes:
+    """The records of a W&B transaction log, joined (a LevelDB-style log of 32 KiB blocks).
+
+    Records that cross a block boundary are split by chunk headers, so the raw bytes cannot be
+    searched directly.
+    """
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, chunks = 32768, 7, []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _, length, _ = struct.unpack("<IHB", data[pos : pos + 7])
+        chunks.append(data[pos + 7 : pos + 7 + length])
+        pos += 7 + length
+    return b"".join(chunks)
+
+
 def test_wandb_offline_run_holds_the_metrics(tmp_path: Path) -> None:
     wandb = pytest.importorskip("wandb")
     os.chdir(tmp_path)
@@ -190,7 +211,7 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path: Path) -> None:
     wandb.finish()
     offline = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 1
-    blob = b"".join(p.read_bytes() for p in offline[0].rglob("*") if p.is_file())
+    blob = b"".join(_wandb_records(p) for p in offline[0].glob("*.wandb"))
     for key in (
         "prune/temperature",
         "prune/hard_flops_ratio",

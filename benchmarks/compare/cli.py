@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", default=None, help="output folder (default benchmarks/results/<profile>)"
     )
+    parser.add_argument(
+        "--encoder-weights",
+        default=None,
+        help="segmentation: pretrained smp encoder weights (e.g. imagenet; must be in the local "
+        "cache offline); default: random initialisation",
+    )
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
     parser.add_argument("--devices", default="1")
     parser.add_argument("--precision", default="32-true")
@@ -86,6 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="keep finished rows of --out")
     parser.add_argument("--no-cache", action="store_true", help="retrain the dense checkpoint")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only re-render results.md and the plot from --out/results.json",
+    )
     return parser.parse_args(argv)
 
 
@@ -208,8 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.targets is not None:
         for task in TASKS:
             profile = profile.replace_task(task, targets=tuple(args.targets))
+    if args.encoder_weights:
+        kwargs = {**profile.segmentation.model_kwargs, "encoder_weights": args.encoder_weights}
+        profile = profile.replace_task("segmentation", model_kwargs=kwargs)
     num_workers = profile.num_workers if args.num_workers is None else args.num_workers
     out = Path(args.out or Path(__file__).resolve().parents[1] / "results" / profile.name)
+    if args.report_only:
+        old_meta, old_rows = report.load(out)
+        if not old_rows:
+            raise SystemExit(f"no results.json with rows in {out}")
+        report.write(out, old_meta, old_rows, with_plot=not args.no_plot)
+        print((out / "results.md").read_text())
+        return 0
     cache_dir = Path(args.cache_dir).expanduser()
     quiet_lightning()
     if args.accelerator == "cpu":
@@ -297,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 _log(f"{task_name}: {method} @ {target}: {summary}")
                 meta["wall_s"] = time.perf_counter() - started + old_meta.get("wall_s", 0.0)
+                meta["load_average_end"] = _load()
                 report.write(out, meta, rows, with_plot=False)
+    meta["load_average_end"] = _load()
     meta["wall_s"] = (
         time.perf_counter() - started + (old_meta.get("wall_s", 0.0) if args.resume else 0.0)
     )

@@ -197,8 +197,8 @@ def markdown(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
         "",
         f"- date: {meta['date']}; machine: {meta['machine']}; {meta['threads']} threads "
         f"(latency: {meta.get('latency_threads', meta['threads'])}); accelerator: "
-        f"{meta['accelerator']}; load average at start {meta.get('load_average')}, end "
-        f"{meta.get('load_average_end')}",
+        f"{meta['accelerator']}; load average (1/5/15 min) at start {meta.get('load_average')}, "
+        f"at the last row {meta.get('load_average_end')}",
         f"- versions: torch {meta['versions'].get('torch')}, lightning "
         f"{meta['versions'].get('lightning')}, torch-pruning "
         f"{meta['versions'].get('torch_pruning')}",
@@ -253,19 +253,33 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path
     for ax, task in zip(axes[0], tasks):
         task_rows = _rows(rows, task)
         methods = list(dict.fromkeys(r["method"] for r in task_rows))
+        scale = 100 if task_rows[0]["metric"] == "accuracy" else 1
         for method in methods:
             pts = sorted(
-                (100 * (1 - r["flops_removed"]), r["score"])
+                (100 * (1 - r["flops_removed"]), r["score"] * scale, r.get("target"))
                 for r in task_rows
                 if r["method"] == method
             )
             color, marker = STYLE.get(method, ("tab:green", "d"))
-            xs, ys = zip(*pts)
-            scale = 100 if task_rows[0]["metric"] == "accuracy" else 1
-            ys = [y * scale for y in ys]
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
             if method == "dense":
                 ax.axhline(ys[0], color=color, lw=0.8, ls="--")
-            ax.plot(xs, ys, marker=marker, color=color, label=method, lw=1, ms=7)
+            masks_only = method == "model_pruning"  # dense shapes: all at 100% FLOPs
+            label = f"{method} (masks, dense FLOPs)" if masks_only else method
+            ax.plot(
+                xs, ys, marker=marker, color=color, label=label, lw=0 if masks_only else 1, ms=7
+            )
+            for x, y, target in pts if masks_only else ():
+                ax.annotate(
+                    f"at {target:.0%} target",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(-8, 0),
+                    ha="right",
+                    fontsize=7,
+                    color=color,
+                )
         metric = task_rows[0]["metric"]
         ax.set_xlabel("FLOPs, % of dense (lp.count_flops)")
         ax.set_ylabel("top-1 accuracy (%)" if metric == "accuracy" else "mIoU")

@@ -64,6 +64,9 @@ class Runner:
         if epochs <= 0:
             return 0.0
         L.seed_everything(self.seed, verbose=False)
+        # Lightning keeps the train/eval state modules enter fit with; a network that was just
+        # pruned or evaluated in eval mode would otherwise train with frozen BatchNorm stats
+        module.train()
         trainer = self.trainer(epochs, callbacks)
         start = time.perf_counter()
         with warnings.catch_warnings():

@@ -20,6 +20,7 @@ from typing_extensions import override
 import lightning_prune as lp
 from lightning_prune.module import _state
 from lightning_prune.profiling import format_table, measure_latency
+from lightning_prune.reporting.paths import run_directory
 
 __all__ = ["NetworkCollapse", "unique_stem"]
 
@@ -97,7 +98,8 @@ class NetworkCollapse(Callback):
     LR schedule keeps its position; momentum restarts).
 
     Args:
-        dirpath: output directory (``None``: the Trainer's ``log_dir``).
+        dirpath: output directory (``None``: the run directory, next to ``checkpoints/``, as
+            :func:`~lightning_prune.reporting.run_directory` resolves it for any logger).
         filename: file stem of the weights and the plan.
         weights_format: ``"safetensors"`` or ``"pt"`` (a weights-only ``torch.save``).
         save: write the files at all.
@@ -206,8 +208,10 @@ class NetworkCollapse(Callback):
             out["latency_ms"] = result.median_ms
         return out
 
-    def _write(self, pl_module: nn.Module, plan: dict[str, Any]) -> None:
-        directory = Path(self._dirpath or ".")
+    def _write(self, trainer: Trainer, pl_module: nn.Module, plan: dict[str, Any]) -> None:
+        if self._dirpath is None:  # resolved late: checkpoint dirpath and W&B ids exist now
+            self._dirpath = str(run_directory(trainer))
+        directory = Path(self._dirpath)
         directory.mkdir(parents=True, exist_ok=True)
         suffix = ".safetensors" if self.weights_format == "safetensors" else ".pt"
         stem = unique_stem(directory, self.filename, [suffix, ".json"])
@@ -230,8 +234,8 @@ class NetworkCollapse(Callback):
     # ------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._dirpath is None:
-            self._dirpath = self.dirpath if self.dirpath is not None else trainer.log_dir
+        if self._dirpath is None and self.dirpath is not None:
+            self._dirpath = self.dirpath
         if (
             self.stages
             and stage == "fit"
@@ -322,7 +326,7 @@ class NetworkCollapse(Callback):
         rows = [{"": "dense (gated)", **before}, {"": "collapsed", **after}]
         rank_zero_info("NetworkCollapse:\n" + format_table(rows, float_format=",.4g"))
         if self.save and trainer.is_global_zero:
-            self._write(pl_module, plan)
+            self._write(trainer, pl_module, plan)
 
     @override
     def on_save_checkpoint(

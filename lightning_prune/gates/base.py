@@ -23,6 +23,13 @@ class ChannelGate(nn.Module):
             Gumbel gates, ``beta`` for hard-concrete gates). Stored in a buffer so checkpoints
             carry it; :class:`~lightning_prune.callbacks.TemperatureAnnealing` updates it.
         threshold: keep-probability above which a unit is kept by :meth:`hard_mask`.
+
+    Attributes:
+        min_kept: units :meth:`hard_mask` and :meth:`set_mask` always keep (the most probable
+            ones). :func:`~lightning_prune.augment` sets it to 1 on the gates of *critical*
+            groups, those whose closure would cut every path from the input to an output (a
+            stage's residual stream, a plain chain's layer), so a network is never pruned into
+            a constant; 0 elsewhere (a closed residual branch is removed instead).
     """
 
     #: Whether training-mode values are random (sampled once per forward of the model).
@@ -39,6 +46,7 @@ class ChannelGate(nn.Module):
         self.num_channels = int(num_channels)
         self.threshold = float(threshold)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.min_kept = 0
         self._cached: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- contract
@@ -51,14 +59,27 @@ class ChannelGate(nn.Module):
         return self.probabilities()
 
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Force the gate into the state whose :meth:`hard_mask` equals ``mask``."""
+        """Force the gate into the state whose :meth:`hard_mask` equals ``mask``.
+
+        A mask that keeps fewer than :attr:`min_kept` units gets the most probable ones opened.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
     def hard_mask(self) -> torch.Tensor:
         """Boolean keep-mask, shape ``[num_channels]``."""
         with torch.no_grad():
-            return self.probabilities() > self.threshold
+            probs = self.probabilities()
+            return self._keep_min(probs > self.threshold, probs)
+
+    def _keep_min(self, mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``mask`` with its ``min_kept`` highest-scoring units opened if fewer are kept."""
+        need = min(self.min_kept, self.num_channels)
+        if need <= 0 or int(mask.sum()) >= need:
+            return mask
+        mask = mask.clone()
+        mask[torch.topk(scores.detach().float(), need).indices] = True
+        return mask
 
     def reset_sample(self) -> None:
         """Forget the cached sample; the surgery engine calls this before each model forward."""
@@ -75,16 +96,18 @@ class ChannelGate(nn.Module):
         return self._cached
 
     def _check_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` validated, with at least ``min_kept`` units (the most probable) kept."""
         mask = torch.as_tensor(mask, dtype=torch.bool, device=self.temperature.device)
         if mask.shape != (self.num_channels,):
             raise ValueError(
                 f"set_mask expects a boolean tensor of shape ({self.num_channels},), "
                 f"got {tuple(mask.shape)}."
             )
-        return mask
+        with torch.no_grad():
+            return self._keep_min(mask, self.probabilities())
 
     def extra_repr(self) -> str:
         return (
             f"num_channels={self.num_channels}, temperature={float(self.temperature):.3g}, "
-            f"threshold={self.threshold}"
+            f"threshold={self.threshold}" + (f", min_kept={self.min_kept}" if self.min_kept else "")
         )

@@ -232,9 +232,8 @@ class PruningReport(Callback):
         with torch.no_grad():
             kept = sum(int(g.gate.hard_mask().sum()) for g in groups)
             channels = sum(int(g.num_channels) for g in groups)
-            temperature = sum(float(g.gate.temperature.float().mean()) for g in groups) / len(
-                groups
-            )
+            temperatures = [float(torch.as_tensor(g.gate.temperature).mean()) for g in groups]
+            temperature = sum(temperatures) / len(temperatures)
         state: dict[str, Any] = {
             "kept_channels": kept / channels if channels else 1.0,
             "temperature": temperature,
@@ -319,9 +318,10 @@ class PruningReport(Callback):
 
     def _loader(self, trainer: Trainer) -> Any:
         loaders = trainer.val_dataloaders
-        if loaders is None and getattr(trainer, "datamodule", None) is not None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if loaders is None and datamodule is not None:
             try:
-                loaders = trainer.datamodule.val_dataloader()
+                loaders = datamodule.val_dataloader()
             except Exception:
                 return None
         if isinstance(loaders, (list, tuple)):

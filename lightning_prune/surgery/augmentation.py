@@ -14,6 +14,7 @@ from lightning_prune.errors import NothingToPruneError, PruningError
 from lightning_prune.gates.base import ChannelGate
 from lightning_prune.gates.registry import get_gate_class
 from lightning_prune.graph.analysis import ChannelAnalysis, ModuleChannels
+from lightning_prune.graph.connectivity import critical_groups
 from lightning_prune.graph.ir import Graph
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
 from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
@@ -130,9 +131,12 @@ def _build_state(
     per_module = _module_flops(graph, model)
     pos = _unit_positions(analysis)
     names = _group_names(analysis)
+    critical = critical_groups(graph, analysis.group_producers)
     groups = [
-        GroupSpec(n, len(units), list(prods))
-        for n, units, prods in zip(names, analysis.groups, analysis.group_producers)
+        GroupSpec(n, len(units), list(prods), critical=c)
+        for n, units, prods, c in zip(
+            names, analysis.groups, analysis.group_producers, critical
+        )
     ]
     specs: dict[str, ModuleSpec] = {}
     for m in analysis.modules.values():
@@ -218,8 +222,9 @@ def augment(
         )
     state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
     gates = [gate_cls(g.num_units, **(gate_kwargs or {})).to(device) for g in state.groups]
-    for g in gates:
+    for g, spec in zip(gates, state.groups):
         g.train(model.training)
+        g.min_kept = int(spec.critical)
     if isinstance(model, (nn.ModuleList, nn.ModuleDict)) or (
         isinstance(model, nn.Sequential) and type(model) is not nn.Sequential
     ):
@@ -258,6 +263,6 @@ def get_groups(model: nn.Module) -> list[GateGroup]:
         return []
     gates = gate_modules(model)
     return [
-        GateGroup(g.name, gate, g.num_units, list(g.producers), list(g.modules))
+        GateGroup(g.name, gate, g.num_units, list(g.producers), list(g.modules), g.critical)
         for g, gate in zip(state.groups, gates)
     ]

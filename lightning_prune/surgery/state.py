@@ -55,6 +55,8 @@ class GroupSpec:
     num_units: int
     producers: list[str]
     modules: list[str] = field(default_factory=list)
+    #: Closing the whole group would cut an output off the input; its gate keeps one unit.
+    critical: bool = False
 
 
 @dataclass
@@ -85,6 +87,9 @@ class GateGroup:
     num_channels: int
     producers: list[str]
     modules: list[str]
+    #: Whether closing every channel would cut a model output off its input (the gate then
+    #: keeps at least one unit, see :attr:`ChannelGate.min_kept`).
+    critical: bool = False
 
 
 def get_state(model: nn.Module) -> PruneState | None:

@@ -43,7 +43,20 @@ def _tp() -> Any:
 
 
 def build_pruner(kind: str, net: nn.Module, example: torch.Tensor, steps: int, reg: float) -> Any:
-    """A Torch-Pruning pruner over ``net`` that prunes ``1/steps`` more per ``step()``."""
+    """A Torch-Pruning pruner over ``net`` that prunes ``1/steps`` more per ``step()``.
+
+    Building the dependency graph leaves ``net`` in eval mode; its train/eval state is restored
+    (Lightning keeps the state a module enters ``fit`` with, so the fine-tuning would otherwise
+    run with frozen BatchNorm statistics).
+    """
+    was_training = net.training
+    try:
+        return _build_pruner(kind, net, example, steps, reg)
+    finally:
+        net.train(was_training)
+
+
+def _build_pruner(kind: str, net: nn.Module, example: torch.Tensor, steps: int, reg: float) -> Any:
     tp = _tp()
     common: dict[str, Any] = {
         "pruning_ratio": 1.0,
@@ -65,12 +78,19 @@ def build_pruner(kind: str, net: nn.Module, example: torch.Tensor, steps: int, r
 def progressive_pruning(
     pruner: Any, net: nn.Module, example: torch.Tensor, target_flops: float
 ) -> tuple[int, float]:
-    """Step the pruner until ``lp.count_flops(net) <= target_flops``; return (steps, FLOPs)."""
+    """Step the pruner until ``lp.count_flops(net) <= target_flops``; return (steps, FLOPs).
+
+    Runs in eval mode (as Torch-Pruning's benchmark does) and restores the train/eval state.
+    """
+    was_training = net.training
     net.eval()
-    flops = float(lp.count_flops(net, example))
-    while flops > target_flops and pruner.current_step < pruner.iterative_steps:
-        pruner.step()
+    try:
         flops = float(lp.count_flops(net, example))
+        while flops > target_flops and pruner.current_step < pruner.iterative_steps:
+            pruner.step()
+            flops = float(lp.count_flops(net, example))
+    finally:
+        net.train(was_training)
     return int(pruner.current_step), flops
 
 
