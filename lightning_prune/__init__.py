@@ -37,6 +37,8 @@ from lightning_prune.surgery import (
     get_gates,
     get_groups,
     is_augmented,
+    load_pruned,
+    save_pruned,
 )
 from lightning_prune.surgery.widths import layer_widths
 
@@ -94,6 +96,8 @@ __all__ = [
     "hard_cost",
     "is_augmented",
     "layer_widths",
+    "load_pruned",
     "relaxed_cost",
+    "save_pruned",
     "trace_channels",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -215,20 +214,9 @@ class NetworkCollapse(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         suffix = ".safetensors" if self.weights_format == "safetensors" else ".pt"
         stem = unique_stem(directory, self.filename, [suffix, ".json"])
-        weights = {
-            k: v.detach().cpu().contiguous().clone() for k, v in pl_module.state_dict().items()
-        }
-        self.weights_path = stem.with_name(stem.name + suffix)
-        self.plan_path = stem.with_name(stem.name + ".json")
-        if self.weights_format == "safetensors":
-            from safetensors.torch import save_file
-
-            save_file(
-                weights, str(self.weights_path), metadata={"lightning_prune_plan": json.dumps(plan)}
-            )
-        else:
-            torch.save(weights, self.weights_path)
-        self.plan_path.write_text(json.dumps(plan, indent=1))
+        self.weights_path, self.plan_path = lp.save_pruned(
+            pl_module, stem, plan=plan, weights_format=self.weights_format
+        )
         rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
 
     # ------------------------------------------------------------------------------ hooks

@@ -2,6 +2,7 @@
 
 from lightning_prune.surgery.augmentation import augment, get_gates, get_groups, is_augmented
 from lightning_prune.surgery.collapsing import collapse
+from lightning_prune.surgery.files import load_pruned, save_pruned
 from lightning_prune.surgery.plan import apply_channel_plan, channel_plan
 from lightning_prune.surgery.state import GateGroup
 
@@ -14,4 +15,6 @@ __all__ = [
     "get_gates",
     "get_groups",
     "is_augmented",
+    "load_pruned",
+    "save_pruned",
 ]
