@@ -51,6 +51,7 @@ _LIGHTNING_LAYER = {
     "ClassificationModule": "lightning_prune.module",
     "SegmentationModule": "lightning_prune.module",
     "SparsityPenalty": "lightning_prune.penalties",
+    "DynamicProbabilisticPruning": "lightning_prune.callbacks",
     "callbacks": "lightning_prune.callbacks",
 }
 
@@ -70,6 +71,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ClassificationModule",
     "CollapseError",
+    "DynamicProbabilisticPruning",
     "ExampleInputError",
     "GateGroup",
     "NotAugmentedError",

@@ -5,6 +5,10 @@ Functional core (tensors in, tensor out, no state):
 * :func:`structure_loss` -- paper 1's ``|A_relaxed / A_dense - target|`` (times its weight ``k``).
 * :func:`gate_l1` -- L1 on gate keep-probabilities (Continuous Sparsification).
 * :func:`basis_penalty` -- the fence-sitter term ``||exp(-(s / 2) ** 2)||_2 / sqrt(N)``.
+* :func:`~lightning_prune.dpp.dpp_entropy_penalty` -- DPP's entropy regulariser (term
+  ``dpp_entropy``): mean entropy of ``softmax(phi)`` over the rows of every Gumbel top-k gate
+  and kernel/weight DPP mask. It is the one term that needs no channel gates, so it also works
+  with ``gate: none`` (kernel/weight DPP alone).
 
 Each is wrapped by a *term* registered in :data:`PENALTIES` that reads what it needs from a
 :class:`PenaltyContext` (the model and the training progress, with the gate probabilities and
@@ -43,6 +47,7 @@ from torch import nn
 import lightning_prune as lp
 from lightning_prune._registry import Registry
 from lightning_prune.controller import TargetController, get_controller
+from lightning_prune.dpp.diagnostics import dpp_entropy_penalty
 from lightning_prune.gates import ChannelGate
 
 __all__ = [
@@ -52,8 +57,10 @@ __all__ = [
     "PenaltyTerm",
     "SparsityPenalty",
     "basis_penalty",
+    "dpp_entropy_term",
     "gate_l1",
     "gate_logits",
+    "penalty_needs_gates",
     "register_penalty",
     "structure_loss",
 ]
@@ -194,19 +201,43 @@ class PenaltyContext:
 PenaltyFn = Callable[..., torch.Tensor]
 
 PENALTIES: Registry[PenaltyFn] = Registry("penalty")
+_NEEDS_GATES: dict[str, bool] = {}
 
 
-def register_penalty(name: str) -> Callable[[PenaltyFn], PenaltyFn]:
+def register_penalty(name: str, needs_gates: bool = True) -> Callable[[PenaltyFn], PenaltyFn]:
     """Decorator registering a term ``fn(ctx: PenaltyContext, **options) -> Tensor``.
+
+    Args:
+        name: the term's name (what ``PenaltyTerm(name=...)`` and YAML configs use).
+        needs_gates: whether the term reads channel gates (``ctx.gates``, probabilities,
+            costs). Terms that do not (e.g. ``dpp_entropy``) are the only ones allowed on a
+            module without channel gates (``gate: none``).
 
     Example:
         >>> @register_penalty("l2_demo")
         ... def l2_demo(ctx: PenaltyContext) -> torch.Tensor:
         ...     return sum((p**2).mean() for p in ctx.probabilities())
-        >>> "l2_demo" in PENALTIES
-        True
+        >>> "l2_demo" in PENALTIES, penalty_needs_gates("l2_demo")
+        (True, True)
     """
-    return PENALTIES.register(name)
+    register = PENALTIES.register(name)
+
+    def decorator(fn: PenaltyFn) -> PenaltyFn:
+        fn = register(fn)
+        _NEEDS_GATES[name.lower()] = bool(needs_gates)
+        return fn
+
+    return decorator
+
+
+def penalty_needs_gates(name: str) -> bool:
+    """Whether the registered term ``name`` needs channel gates (``True`` if unknown).
+
+    Example:
+        >>> penalty_needs_gates("structure"), penalty_needs_gates("dpp_entropy")
+        (True, False)
+    """
+    return _NEEDS_GATES.get(name.lower(), True)
 
 
 @register_penalty("structure")
@@ -227,6 +258,31 @@ def l1_term(ctx: PenaltyContext, normalize: bool = True) -> torch.Tensor:
 def basis_term(ctx: PenaltyContext) -> torch.Tensor:
     """:func:`basis_penalty` of the model's gate logits."""
     return basis_penalty(ctx.logits())
+
+
+@register_penalty("dpp_entropy", needs_gates=False)
+def dpp_entropy_term(ctx: PenaltyContext) -> torch.Tensor:
+    """DPP's entropy regulariser: mean entropy of ``softmax(phi)`` over all DPP rows.
+
+    Covers every :class:`~lightning_prune.gates.GumbelTopKGate` and every kernel/weight DPP mask
+    (:func:`lightning_prune.dpp.dpp_entropy_penalty`); weight it with lambda 1e-5 .. 5e-3 as in
+    the paper. Needs no channel gates.
+
+    Raises:
+        ValueError: when the model has neither (the message names the fix).
+    """
+    return dpp_entropy_penalty(ctx.model)
+
+
+GATELESS_FIX = (
+    "Insert channel gates (gate: sigmoid / hard_concrete / gumbel_topk on PrunableMixin or "
+    "ClassificationModule, or the RelaxedPruning callback), or, for kernel/weight DPP alone "
+    "(gate: none), keep only terms that need no gates: {names}."
+)
+
+
+def _gateless_names() -> str:
+    return ", ".join(n for n in PENALTIES.names() if not penalty_needs_gates(n)) or "none"
 
 
 # ----------------------------------------------------------------------------------- the shell
@@ -314,9 +370,27 @@ class PenaltyTerm:
         local = schedules.progress_between(progress, *self.ramp)
         return self.weight * schedules.get_schedule(self.ramp_schedule)(local, 0.0, 1.0)
 
+    @property
+    def needs_gates(self) -> bool:
+        """Whether this term reads channel gates (see :func:`register_penalty`)."""
+        return penalty_needs_gates(self.name)
+
     def __call__(self, ctx: PenaltyContext) -> torch.Tensor:
-        """The unweighted term value."""
-        return PENALTIES.get(self.name)(ctx, **self.options)
+        """The unweighted term value.
+
+        Raises:
+            NotAugmentedError: when the term needs gates and the model has none (the message
+                names the term and the fix).
+        """
+        try:
+            return PENALTIES.get(self.name)(ctx, **self.options)
+        except lp.NotAugmentedError as err:
+            if not self.needs_gates:
+                raise
+            raise lp.NotAugmentedError(
+                f"Penalty term {self.name!r} needs channel gates: {err} "
+                + GATELESS_FIX.format(names=_gateless_names())
+            ) from None
 
 
 @dataclass
@@ -422,7 +496,13 @@ class SparsityPenalty:
             total = value if total is None else total + value
         controller = self.controller
         if controller is not None:
-            ratio = ctx.cost_ratio(controller.kind)
+            try:
+                ratio = ctx.cost_ratio(controller.kind)
+            except lp.NotAugmentedError as err:
+                raise lp.NotAugmentedError(
+                    f"The penalty's {type(controller).__name__} needs channel gates: {err} "
+                    + GATELESS_FIX.format(names=_gateless_names())
+                ) from None
             value = controller.penalty(ratio)
             terms["target"] = value
             total = value if total is None else total + value
@@ -439,6 +519,26 @@ class SparsityPenalty:
         if total is None:
             total = _zero_like_gates(ctx)
         return PenaltyResult(total=total, terms=terms, extras=extras)
+
+    @property
+    def needs_gates(self) -> bool:
+        """Whether any term or the controller needs channel gates."""
+        return self.controller is not None or any(t.needs_gates for t in self.terms)
+
+    def check_gateless(self, owner: str = "gate=None") -> None:
+        """Raise if this penalty cannot work on a model without channel gates.
+
+        Raises:
+            ValueError: naming the terms (or the controller) that need gates, and the fix.
+        """
+        needing = [str(t.key) for t in self.terms if t.needs_gates]
+        if self.controller is not None:
+            needing.append(f"controller ({type(self.controller).__name__})")
+        if needing:
+            raise ValueError(
+                f"With {owner} the model has no channel gates, but the penalty needs them "
+                f"for: {', '.join(needing)}. " + GATELESS_FIX.format(names=_gateless_names())
+            )
 
     def finish(self, model: nn.Module) -> int:
         """End of training: the controller's final budget snap (0 without a controller).

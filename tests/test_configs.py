@@ -10,7 +10,12 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_prune.callbacks import NetworkCollapse, SparsityMonitor, TemperatureAnnealing
+from lightning_prune.callbacks import (
+    DynamicProbabilisticPruning,
+    NetworkCollapse,
+    SparsityMonitor,
+    TemperatureAnnealing,
+)
 from lightning_prune.cli import DEMO_CONFIG, LightningPruneCLI
 from lightning_prune.reporting import PruningReport
 
@@ -81,6 +86,27 @@ EXPECTED = {
         200,
     ),
 }
+_DEMO = ("ClassificationModule", "SmallCNN", "DigitsDataModule", 10, torch.optim.Adam, 3e-3, 0.0)
+_CIFAR = (
+    "ClassificationModule",
+    "CifarResNet",
+    "CIFAR10DataModule",
+    10,
+    torch.optim.SGD,
+    0.1,
+    5e-4,
+)
+#: Dynamic Probabilistic Pruning configs -> granularity.
+DPP = {
+    "demo_dpp_feature.yaml": "feature",
+    "demo_dpp_kernel.yaml": "kernel",
+    "demo_dpp_weight.yaml": "weight",
+    "cifar10_resnet56_dpp_feature.yaml": "feature",
+    "cifar10_resnet56_dpp_kernel.yaml": "kernel",
+    "cifar10_resnet56_dpp_weight.yaml": "weight",
+}
+for _name in DPP:
+    EXPECTED[_name] = (*_DEMO, None) if _name.startswith("demo") else (*_CIFAR, 160)
 
 
 def test_every_config_is_covered() -> None:
@@ -117,17 +143,19 @@ def test_config_instantiates(name: str, tmp_path: Path) -> None:
     if epochs is not None:
         assert trainer.max_epochs == epochs
     callbacks = {type(c) for c in trainer.callbacks}
-    assert {
-        TemperatureAnnealing,
-        SparsityMonitor,
-        NetworkCollapse,
-        ModelCheckpoint,
-        PruningReport,
-    } <= callbacks
+    expected = {SparsityMonitor, ModelCheckpoint, PruningReport}
+    if DPP.get(name) in ("kernel", "weight"):  # masks, no channel gates: nothing to collapse
+        expected.add(DynamicProbabilisticPruning)
+    else:
+        expected |= {TemperatureAnnealing, NetworkCollapse}
+    assert expected <= callbacks
     assert RichProgressBar in callbacks
     assert isinstance(trainer.loggers[0], CSVLogger)
     penalty = model.sparsity_penalty
-    assert penalty.terms or penalty.controller is not None
+    if DPP.get(name) in ("kernel", "weight"):
+        assert not model.pruning_setup.enabled and not penalty.needs_gates
+    else:
+        assert penalty.terms or penalty.controller is not None
     # the optimizer the module builds: network and gates in separate param groups
     optimizer = model.optimizer_fn([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
     assert isinstance(optimizer, optimizer_cls)
@@ -160,3 +188,43 @@ def test_gates_get_their_own_param_group(name: str, tmp_path: Path) -> None:
     assert len(groups) == 2
     gate_groups = [g for g in groups if {id(p) for p in g["params"]} == gate_ids]
     assert len(gate_groups) == 1 and gate_groups[0]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(DPP))
+def test_dpp_configs_fix_the_sparsity_by_k(name: str, tmp_path: Path) -> None:
+    args = [
+        "--config",
+        str(CONFIGS / name),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+    ]
+    if "cifar" in name:
+        args.append(f"--data.data_dir={tmp_path / 'missing'}")
+    cli = LightningPruneCLI(args=args, run=False)
+    model, trainer = cli.model, cli.trainer
+    granularity = DPP[name]
+    terms = [t.name for t in model.sparsity_penalty.terms]
+    if granularity == "feature":  # gumbel_topk channel gates, entropy term, no controller
+        assert model.pruning_setup.gate == "gumbel_topk"
+        assert model.pruning_setup.gate_kwargs["keep_ratio"] == 0.5
+        assert terms == ["dpp_entropy"] and model.sparsity_penalty.controller is None
+        (anneal,) = [c for c in trainer.callbacks if isinstance(c, TemperatureAnnealing)]
+        assert (anneal.schedule, anneal.start, anneal.end) == ("linear", 5.0, 0.5)
+        model.trainer = trainer
+        model.configure_model()
+        assert all(g.k == round(0.5 * g.num_channels) for g in model.gates)
+        return
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, DynamicProbabilisticPruning)]
+    assert callback.granularity == granularity and callback.entropy_weight == 1e-3
+    assert terms == [] and model.gates == []
+    masks = callback.apply(model)
+    assert masks and all(m.k < m.n for m in masks)
+    first = "net.stem.0" if name.startswith("demo") else "net.conv1"
+    assert first not in {m.layer_name for m in masks}  # the input conv stays dense
+    if granularity == "weight":
+        assert {(m.k, m.n) for m in masks} == {(2, 4)}
+        assert callback.quantize == name.startswith("demo")
+    else:
+        for mask in masks:
+            quarter = name.startswith("demo") and mask.layer_name.startswith("net.stage2.")
+            assert mask.k == max(1, round((0.25 if quarter else 0.5) * mask.n))

@@ -22,7 +22,7 @@ def test_notebooks_are_stored_without_outputs() -> None:
                 assert not cell.outputs and cell.execution_count is None, path.name
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "train_and_prune.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "train_and_prune.ipynb", "dpp.ipynb"])
 def test_notebook_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LP_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -73,8 +73,10 @@ def test_gate_logits_prefers_raw_parameters(gated):
 
 # ------------------------------------------------------------------------------- registry
 def test_registry_has_terms_and_rejects_unknown_names():
-    assert {"structure", "l1", "basis"} <= set(PENALTIES.names())
-    with pytest.raises(ValueError, match=r"Unknown penalty 'nope'. Choose one of: basis, l1"):
+    assert {"structure", "l1", "basis", "dpp_entropy"} <= set(PENALTIES.names())
+    with pytest.raises(
+        ValueError, match=r"Unknown penalty 'nope'. Choose one of: basis, dpp_entropy, l1"
+    ):
         PenaltyTerm("nope")
 
 

@@ -22,6 +22,46 @@ STYLE = {
     "tp_magnitude": ("tab:orange", "^"),
     "tp_group_norm": ("tab:red", "v"),
     "model_pruning": ("tab:gray", "x"),
+    "dpp_feature": ("tab:green", "D"),
+    "dpp_weight_2to4": ("tab:olive", "P"),
+}
+
+#: What the kept multiply-adds of dense-shape (masked) networks are; never shown as FLOPs.
+KEPT_MACS_NOTE = (
+    "Kept multiply-adds: the conv/linear multiply-adds of one sample times each layer's kept "
+    "weight fraction (`lightning_prune.dpp.kept_macs`), a count for sparse hardware such as 2:4 "
+    "tensor cores, not a measured speed-up. These networks keep their dense shapes, so the "
+    "FLOPs column above counts all their multiply-adds (zeros included), like every other row."
+)
+
+
+def _kept_macs_rows(rows: Sequence[Mapping[str, Any]], task: str) -> list[dict[str, Any]]:
+    """Rows of networks reported by kept multiply-adds (``info.kept_macs``)."""
+    out = []
+    for r in rows:
+        info = r.get("info") or {}
+        if r["task"] != task or not _ok(r) or info.get("kept_macs") is None:
+            continue
+        out.append(
+            {
+                "method": r["method"],
+                "score": f"{r['score']:.2%}" if r["metric"] == "accuracy" else f"{r['score']:.4f}",
+                "dense_mmacs": info["dense_macs"] / 1e6,
+                "kept_mmacs": info["kept_macs"] / 1e6,
+                "kept": _pct(info.get("kept_macs_ratio")),
+                "dense_flops_m": r["flops"] / 1e6,
+            }
+        )
+    return out
+
+
+KEPT_MACS_COLUMNS = {
+    "method": "method",
+    "score": "score",
+    "dense_mmacs": "dense multiply-adds (M)",
+    "kept_mmacs": "kept multiply-adds (M)",
+    "kept": "kept multiply-adds",
+    "dense_flops_m": "MFLOPs (dense shapes)",
 }
 
 
@@ -226,6 +266,17 @@ def markdown(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
             "",
             format_table(table, cols, float_format=".3g"),
         ]
+        kept = _kept_macs_rows(rows, task)
+        if kept:
+            kept_cols = dict(KEPT_MACS_COLUMNS, score=info.get("metric", "score"))
+            lines += [
+                "",
+                f"### {task}: kept multiply-adds (dense shapes, masked weights)",
+                "",
+                format_table(kept, kept_cols, float_format=".4g"),
+                "",
+                KEPT_MACS_NOTE,
+            ]
     checks = floors(rows)
     lines += ["", "## Floors (cpu profile)", "", format_table(checks)]
     lines += [
@@ -265,12 +316,19 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path
             ys = [p[1] for p in pts]
             if method == "dense":
                 ax.axhline(ys[0], color=color, lw=0.8, ls="--")
-            masks_only = method == "model_pruning"  # dense shapes: all at 100% FLOPs
+            # dense shapes: all at 100% FLOPs (kept multiply-adds are in the report's table)
+            masks_only = method == "model_pruning" or any(
+                (r.get("info") or {}).get("kept_macs") is not None
+                for r in task_rows
+                if r["method"] == method
+            )
             label = f"{method} (masks, dense FLOPs)" if masks_only else method
             ax.plot(
                 xs, ys, marker=marker, color=color, label=label, lw=0 if masks_only else 1, ms=7
             )
             for x, y, target in pts if masks_only else ():
+                if target is None:  # one run without a FLOPs target (e.g. 2:4 weights)
+                    continue
                 ax.annotate(
                     f"at {target:.0%} target",
                     (x, y),

@@ -11,6 +11,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.dpp.apply import _mask_items
+from lightning_prune.dpp.diagnostics import mask_confidence, mask_diversity
 
 __all__ = ["SparsityMonitor"]
 
@@ -26,7 +28,13 @@ class SparsityMonitor(Callback):
     * ``prune/relaxed_flops_ratio``: differentiable cost over dense cost (what the structure
       loss sees);
     * ``prune/hard_flops``, ``prune/hard_flops_ratio``, ``prune/hard_params``,
-      ``prune/hard_params_ratio``: cost of the network collapse would produce now.
+      ``prune/hard_params_ratio``: cost of the network collapse would produce now;
+    * when the model has DPP masks (kernel/weight, :func:`lightning_prune.dpp.apply_dpp`) or
+      ``gumbel_topk`` gates: ``prune/dpp/confidence/<layer>`` and
+      ``prune/dpp/diversity/<layer>`` (:func:`~lightning_prune.dpp.mask_confidence`,
+      :func:`~lightning_prune.dpp.mask_diversity` from ``dpp_samples`` sampled masks, under
+      a forked random state so training's random stream is untouched) and their means over
+      layers ``prune/dpp/confidence`` and ``prune/dpp/diversity``.
 
     Lightning holds the last logged value between updates, so a Trainer logging more often
     than the monitor repeats it. Everything is computed from the gates and the engine's
@@ -41,9 +49,12 @@ class SparsityMonitor(Callback):
         per_group: also log per-group kept fractions.
         prefix: key prefix.
         table_every_n_epochs: period of the W&B histogram and table (0 disables them).
+        dpp_samples: sampled masks per layer for the DPP diversity (at least 2; 0 disables
+            the DPP diagnostics).
+        dpp_per_layer: also log the per-layer DPP diagnostics.
 
     Raises:
-        ValueError: for a non-positive period or a negative table period.
+        ValueError: for a non-positive period, a negative table period or ``dpp_samples == 1``.
 
     Example:
         >>> from lightning_prune.callbacks import SparsityMonitor
@@ -57,6 +68,8 @@ class SparsityMonitor(Callback):
         per_group: bool = True,
         prefix: str = "prune/",
         table_every_n_epochs: int = 1,
+        dpp_samples: int = 4,
+        dpp_per_layer: bool = True,
     ) -> None:
         if log_every_n_steps is not None and log_every_n_steps < 1:
             raise ValueError(
@@ -65,6 +78,12 @@ class SparsityMonitor(Callback):
             )
         if table_every_n_epochs < 0:
             raise ValueError(f"table_every_n_epochs must be >= 0, got {table_every_n_epochs}.")
+        if dpp_samples < 0 or dpp_samples == 1:
+            raise ValueError(
+                f"dpp_samples must be 0 (off) or >= 2 (masks compared pairwise), got {dpp_samples}."
+            )
+        self.dpp_samples = dpp_samples
+        self.dpp_per_layer = dpp_per_layer
         self.log_every_n_steps = log_every_n_steps
         self.per_group = per_group
         self.prefix = prefix
@@ -81,17 +100,17 @@ class SparsityMonitor(Callback):
     # ---------------------------------------------------------------------------- metrics
     @torch.no_grad()
     def compute(self, pl_module: torch.nn.Module) -> dict[str, float]:
-        """The monitored numbers for ``pl_module`` now (empty when it has no gates).
+        """The monitored numbers for ``pl_module`` now (empty without gates and DPP masks).
 
         Example:
             >>> SparsityMonitor().compute(torch.nn.Linear(2, 2))
             {}
         """
+        metrics = self.compute_dpp(pl_module)
         groups = lp.get_groups(pl_module)
         if not groups:
-            return {}
+            return metrics
         p = self.prefix
-        metrics: dict[str, float] = {}
         soft_total = hard_total = channels = 0.0
         for group in groups:
             probabilities = group.gate.probabilities().float()
@@ -117,6 +136,42 @@ class SparsityMonitor(Callback):
         metrics[f"{p}hard_flops_ratio"] = hard_flops / dense_flops
         metrics[f"{p}hard_params"] = hard_params
         metrics[f"{p}hard_params_ratio"] = hard_params / dense_params
+        return metrics
+
+    @torch.no_grad()
+    def compute_dpp(self, pl_module: torch.nn.Module) -> dict[str, float]:
+        """DPP mask confidence and diversity (empty without DPP masks or Gumbel top-k gates).
+
+        Example:
+            >>> from lightning_prune import dpp
+            >>> net = torch.nn.Linear(8, 2)
+            >>> _ = dpp.apply_dpp(net, "weight", k=2, n=4)
+            >>> metrics = SparsityMonitor().compute_dpp(net)
+            >>> metrics["prune/dpp/confidence"]  # uniform logits: nothing decided yet
+            0.0
+        """
+        if not self.dpp_samples:
+            return {}
+        items = _mask_items(pl_module)
+        if not items:
+            return {}
+        cuda = sorted(
+            {int(m.temperature.device.index or 0) for _, m in items if m.temperature.is_cuda}
+        )
+        confidence: dict[str, float] = {}
+        diversity: dict[str, float] = {}
+        with torch.random.fork_rng(devices=cuda):  # the samples must not shift training's RNG
+            for name, mask in items:
+                (confidence[name],) = mask_confidence([mask]).values()
+                (diversity[name],) = mask_diversity([mask], num_samples=self.dpp_samples).values()
+        p = f"{self.prefix}dpp/"
+        metrics: dict[str, float] = {}
+        if self.dpp_per_layer:
+            for name in confidence:
+                metrics[f"{p}confidence/{name}"] = confidence[name]
+                metrics[f"{p}diversity/{name}"] = diversity[name]
+        metrics[f"{p}confidence"] = sum(confidence.values()) / len(confidence)
+        metrics[f"{p}diversity"] = sum(diversity.values()) / len(diversity)
         return metrics
 
     def width_table(self, pl_module: torch.nn.Module) -> list[list[Any]]:
@@ -153,7 +208,9 @@ class SparsityMonitor(Callback):
         metrics = self.compute(pl_module)
         if not metrics:
             if not self._warned:
-                rank_zero_warn("SparsityMonitor found no gates in the model; nothing to log.")
+                rank_zero_warn(
+                    "SparsityMonitor found no gates or DPP masks in the model; nothing to log."
+                )
                 self._warned = True
             return
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)

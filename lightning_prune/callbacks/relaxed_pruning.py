@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -15,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.callbacks._hooks import InstanceHook, hook_owner, install_hook, uninstall_hooks
 from lightning_prune.callbacks.collapse import NetworkCollapse
 from lightning_prune.callbacks.monitor import SparsityMonitor
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
@@ -47,32 +46,9 @@ _WRAPPED = (
 )
 
 
-class _Wrapped:
-    """An instance-level replacement of a module hook that calls the original around extra work.
-
-    Stored in the module's ``__dict__`` (shadowing the class's method) from ``setup`` to
-    ``teardown``. ``__wrapped__`` keeps Lightning's ``is_overridden`` checks meaningful.
-    """
-
-    def __init__(self, original: Callable, around: Callable[..., Any]) -> None:
-        functools.update_wrapper(self, original)
-        self.__wrapped__ = original
-        self._around = around
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._around(self.__wrapped__, *args, **kwargs)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Wrapped:
-        # a deep copy of the module (e.g. inside lp.collapse) gets a wrapper bound to the copy,
-        # sharing the callback instead of copying it
-        new = copy.copy(self)
-        new.__wrapped__ = copy.deepcopy(self.__wrapped__, memo)
-        return new
-
-
-def _owner(method: Callable) -> Any:
-    """The module a wrapped bound method belongs to."""
-    return method.__self__  # type: ignore[attr-defined]
+#: Kept for code that referred to the old private name.
+_Wrapped = InstanceHook
+_owner = hook_owner
 
 
 def default_example_inputs(batch: Any, key: int | str | None = None) -> torch.Tensor:
@@ -200,6 +176,12 @@ class RelaxedPruning(Callback):
             self.gate_setup = _state.GateSetup(gate, dict(gate_kwargs or {}), tuple(exclude))
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
+        if not self.gate_setup.enabled:
+            raise ValueError(
+                "RelaxedPruning inserts channel gates, so gate=None makes no sense here; for "
+                "kernel/weight DPP without channel gates use the DynamicProbabilisticPruning "
+                "callback alone."
+            )
         if penalty is None:
             penalty = (
                 SparsityPenalty(controller=PIController(target))
@@ -271,16 +253,10 @@ class RelaxedPruning(Callback):
 
     def _install(self, pl_module: LightningModule, names: Sequence[str]) -> None:
         for name in names:
-            if isinstance(pl_module.__dict__.get(name), _Wrapped):
-                continue
-            around = getattr(self, f"_around_{name}")
-            pl_module.__dict__[name] = _Wrapped(getattr(pl_module, name), around)
+            install_hook(pl_module, name, getattr(self, f"_around_{name}"), owner=self)
 
-    @staticmethod
-    def _uninstall(pl_module: LightningModule) -> None:
-        for name in _WRAPPED:
-            if isinstance(pl_module.__dict__.get(name), _Wrapped):
-                del pl_module.__dict__[name]
+    def _uninstall(self, pl_module: LightningModule) -> None:
+        uninstall_hooks(pl_module, owner=self)
 
     # ---------------------------------------------------------------------- example input
     def _peek_example(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:

@@ -1,33 +1,73 @@
-"""``TemperatureAnnealing``: drive every gate's temperature along a named schedule."""
+"""``TemperatureAnnealing``: drive every gate's (and DPP mask's) temperature along a schedule."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
 from lightning_prune.callbacks.schedules import get_schedule, progress_between
+from lightning_prune.dpp import TopKMask, get_dpp_masks
 
 __all__ = ["TemperatureAnnealing"]
 
+#: The families of modules with a ``temperature`` buffer: channel gates, kernel/weight DPP masks.
+Family = Literal["gates", "dpp_masks"]
+FAMILIES: tuple[Family, ...] = ("gates", "dpp_masks")
+#: Logged key of each family's value.
+LOG_KEYS: dict[str, str] = {"gates": "prune/temperature", "dpp_masks": "prune/dpp/temperature"}
+DEFAULT_SCHEDULE = "cubic"
+
+
+def family_modules(model: nn.Module, family: str) -> list[nn.Module]:
+    """The modules of ``family`` in ``model``: its channel gates or its DPP masks."""
+    if family == "gates":
+        return list(lp.get_gates(model))
+    return list(get_dpp_masks(model))
+
+
+def family_defaults(modules: list[nn.Module], family: str) -> tuple[tuple[float, float], str]:
+    """``(default (start, end), default schedule name)`` of a family's modules.
+
+    Gate classes give ``default_temperature_range`` (and optionally
+    ``default_temperature_schedule``, else cubic); DPP masks anneal 5 -> 0.5 linearly.
+    """
+    cls: Any = type(modules[0]) if modules else (TopKMask if family == "dpp_masks" else None)
+    if cls is None:
+        return (1.0, 1.0), DEFAULT_SCHEDULE
+    start, end = cls.default_temperature_range
+    schedule = getattr(cls, "default_temperature_schedule", DEFAULT_SCHEDULE)
+    return (float(start), float(end)), schedule
+
 
 class TemperatureAnnealing(Callback):
-    r"""Anneal the ``temperature`` buffer of every gate along a schedule.
+    r"""Anneal the ``temperature`` buffer of every gate and DPP mask along a schedule.
 
-    The temperature is the slope ``k`` of sigmoid gates, ``tau`` of Gumbel gates and ``beta``
-    of hard-concrete gates. It lives in each gate's buffer, so checkpoints carry it; this
-    callback only writes it. Typical settings:
+    The temperature is the slope ``k`` of sigmoid gates, ``tau`` of Gumbel gates (and of
+    kernel/weight DPP masks) and ``beta`` of hard-concrete gates. It lives in each module's
+    buffer, so checkpoints carry it; this callback only writes it. Typical settings:
 
     * paper 1 (sigmoid): ``schedule="cubic", start=5, end=30`` between two epochs;
     * Continuous Sparsification: ``schedule="exponential", start=1, end=200``, per epoch
       (``beta_e = 200 ** (e / (E - 1))``);
-    * DPP (Gumbel top-k): ``schedule="linear", start=5, end=0.5``.
+    * DPP (Gumbel top-k gates, kernel/weight masks): ``schedule="linear", start=5, end=0.5``
+      (also what their defaults give).
+
+    Two families are annealed: the channel gates (``targets="gates"``) and the kernel/weight
+    DPP masks of :func:`lightning_prune.dpp.apply_dpp` (``targets="dpp_masks"``); ``"all"``
+    does both. Without ``schedule`` / ``start`` / ``end``, each family uses its own defaults
+    (``default_temperature_range`` and ``default_temperature_schedule`` of its class, cubic when
+    a class names none): e.g. sigmoid gates cubic 5 -> 30 and DPP masks linear 5 -> 0.5 in the
+    same run. Given values apply to every targeted family, so with sigmoid gates *and* DPP
+    masks use one callback per family (``targets``).
 
     With ``interval="epoch"`` the value is set at the start of each epoch ``e`` from
     ``(e - start_epoch) / (end_epoch - start_epoch)``; ``end_epoch`` defaults to
@@ -35,22 +75,24 @@ class TemperatureAnnealing(Callback):
     before every batch from the fractional epoch ``epoch + batch_idx / batches_per_epoch``;
     ``end_epoch`` defaults to ``max_epochs`` (``end`` is reached as training ends).
 
-    The value is logged as ``prune/temperature``.
+    The value is logged as ``prune/temperature`` (gates) and ``prune/dpp/temperature`` (DPP
+    masks).
 
     Args:
         schedule: a name from :data:`~lightning_prune.callbacks.schedules.SCHEDULES`
             (``linear``, ``cosine``, ``exponential``, ``cubic``, ``cubic_in``, ``constant``,
-            ``step``).
-        start: value at ``start_epoch`` (``None``: the gate family's
+            ``step``); ``None``: each family's default (see above).
+        start: value at ``start_epoch`` (``None``: the family's
             ``default_temperature_range[0]``, e.g. 5 for sigmoid gates).
         end: value at ``end_epoch`` (``None``: ``default_temperature_range[1]``, e.g. 30).
         start_epoch: epoch at which annealing starts (the value is ``start`` before).
         end_epoch: epoch at which it reaches ``end`` (see above for the default).
         interval: ``"epoch"`` or ``"step"``.
         log: log the value with ``pl_module.log``.
+        targets: ``"all"``, ``"gates"`` or ``"dpp_masks"``.
 
     Raises:
-        ValueError: for an unknown schedule or interval, non-positive values, or
+        ValueError: for an unknown schedule, interval or target, non-positive values, or
             ``end_epoch <= start_epoch``.
 
     Example:
@@ -62,17 +104,20 @@ class TemperatureAnnealing(Callback):
 
     def __init__(
         self,
-        schedule: str = "cubic",
+        schedule: str | None = None,
         start: float | None = None,
         end: float | None = None,
         start_epoch: float = 0,
         end_epoch: float | None = None,
         interval: Literal["epoch", "step"] = "epoch",
         log: bool = True,
+        targets: Literal["all", "gates", "dpp_masks"] = "all",
     ) -> None:
-        self.schedule_fn = get_schedule(schedule)
+        self.schedule_fn = get_schedule(schedule) if schedule is not None else None
         if interval not in ("epoch", "step"):
             raise ValueError(f"interval must be 'epoch' or 'step', got {interval!r}.")
+        if targets not in ("all", *FAMILIES):
+            raise ValueError(f"targets must be 'all', 'gates' or 'dpp_masks', got {targets!r}.")
         for name, value in (("start", start), ("end", end)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive temperature, got {value}.")
@@ -83,7 +128,7 @@ class TemperatureAnnealing(Callback):
                 f"end_epoch ({end_epoch}) must be greater than start_epoch ({start_epoch}); for a "
                 "fixed temperature use schedule='constant'."
             )
-        if start is not None and end is not None:
+        if self.schedule_fn is not None and start is not None and end is not None:
             self.schedule_fn(0.5, start, end)  # e.g. exponential rejects non-positive values
         self.schedule = schedule
         self.start = start
@@ -92,23 +137,42 @@ class TemperatureAnnealing(Callback):
         self.end_epoch = None if end_epoch is None else float(end_epoch)
         self.interval = interval
         self.log = log
+        self.targets = targets
+        #: Last value set on the gates (``None`` before the first).
         self.value: float | None = None
-        self._resolved: dict[str, float] = {}
+        #: Last value set on the DPP masks (``None`` before the first).
+        self.dpp_value: float | None = None
+        self._resolved: dict[str, dict[str, Any]] = {}
+        self._end_epoch: float | None = None
         self._warned = False
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        """The families this callback anneals."""
+        return FAMILIES if self.targets == "all" else (self.targets,)
 
     @property
     def state_key(self) -> str:
         """Distinguishes several instances in a checkpoint."""
-        return self._generate_state_key(schedule=self.schedule, interval=self.interval)
+        keys: dict[str, Any] = {
+            "schedule": self.schedule if self.schedule is not None else DEFAULT_SCHEDULE,
+            "interval": self.interval,
+        }
+        if self.targets != "all":
+            keys["targets"] = self.targets
+        return self._generate_state_key(**keys)
 
     # ------------------------------------------------------------------------- resolution
     def _resolve(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._resolved:
             return
-        gates = lp.get_gates(pl_module)
-        default = type(gates[0]).default_temperature_range if gates else (1.0, 1.0)
-        start = self.start if self.start is not None else float(default[0])
-        end = self.end if self.end is not None else float(default[1])
+        for family in self.families:
+            (start, end), schedule = family_defaults(family_modules(pl_module, family), family)
+            self._resolved[family] = {
+                "start": self.start if self.start is not None else start,
+                "end": self.end if self.end is not None else end,
+                "fn": self.schedule_fn or get_schedule(schedule),
+            }
         end_epoch = self.end_epoch
         if end_epoch is None:
             max_epochs = trainer.max_epochs
@@ -119,52 +183,71 @@ class TemperatureAnnealing(Callback):
                 )
             # (end_epoch <= start_epoch, e.g. a single epoch, switches straight to `end`)
             end_epoch = float(max_epochs - 1 if self.interval == "epoch" else max_epochs)
-        self._resolved = {"start": start, "end": end, "end_epoch": end_epoch}
+        self._end_epoch = end_epoch
 
-    def value_at(self, epoch: float) -> float:
-        """The temperature at a (fractional) epoch, with resolved or given settings."""
-        start = self._resolved.get("start", self.start if self.start is not None else 1.0)
-        end = self._resolved.get("end", self.end if self.end is not None else 1.0)
-        end_epoch = self._resolved.get(
-            "end_epoch", self.end_epoch if self.end_epoch is not None else 1.0
+    def value_at(self, epoch: float, family: Family = "gates") -> float:
+        """The temperature of ``family`` at a (fractional) epoch (resolved or given settings)."""
+        resolved = self._resolved.get(family, {})
+        default_start, default_end = (5.0, 0.5) if family == "dpp_masks" else (1.0, 1.0)
+        start = resolved.get("start", self.start if self.start is not None else default_start)
+        end = resolved.get("end", self.end if self.end is not None else default_end)
+        fn: Callable[[float, float, float], float] = resolved.get(
+            "fn", self.schedule_fn or get_schedule("linear" if family == "dpp_masks" else "cubic")
         )
+        end_epoch = self._end_epoch
+        if end_epoch is None:
+            end_epoch = self.end_epoch if self.end_epoch is not None else 1.0
         progress = progress_between(epoch, self.start_epoch, end_epoch)
-        return self.schedule_fn(progress, start, end)
+        return fn(progress, start, end)
 
-    def _apply(self, pl_module: LightningModule, value: float) -> bool:
-        gates = lp.get_gates(pl_module)
-        if not gates:
-            if not self._warned:
-                rank_zero_warn(
-                    "TemperatureAnnealing found no gates in the model; use PrunableMixin or the "
-                    "RelaxedPruning callback (or lightning_prune.augment) to insert them."
-                )
-                self._warned = True
-            return False
-        for gate in gates:
-            temperature: torch.Tensor = gate.temperature  # type: ignore[assignment]
+    def _set(self, pl_module: nn.Module, family: str, value: float) -> bool:
+        modules = family_modules(pl_module, family)
+        for module in modules:
+            temperature: torch.Tensor = module.temperature  # type: ignore[assignment]
             temperature.fill_(value)
-        self.value = value
-        return True
+        if modules:
+            if family == "gates":
+                self.value = value
+            else:
+                self.dpp_value = value
+        return bool(modules)
+
+    def _apply(
+        self, pl_module: LightningModule, epoch: float, stored: bool = False
+    ) -> dict[str, float]:
+        """Set every targeted family's value at ``epoch``; returns ``{log key: value}`` set."""
+        applied = {}
+        for family in self.families:
+            saved = self.value if family == "gates" else self.dpp_value
+            value = saved if stored and saved is not None else self.value_at(epoch, family)
+            if self._set(pl_module, family, value):
+                applied[LOG_KEYS[family]] = value
+        if not applied and not self._warned:
+            rank_zero_warn(
+                "TemperatureAnnealing found no gates or DPP masks in the model (targets="
+                f"{self.targets!r}); use PrunableMixin or the RelaxedPruning callback (or "
+                "lightning_prune.augment) to insert gates, or DynamicProbabilisticPruning for "
+                "DPP masks."
+            )
+            self._warned = True
+        return applied
 
     # ------------------------------------------------------------------------------ hooks
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._resolved = {}
         self._resolve(trainer, pl_module)
-        self._apply(
-            pl_module,
-            self.value if self.value is not None else self.value_at(trainer.current_epoch),
-        )
+        self._apply(pl_module, trainer.current_epoch, stored=True)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.interval != "epoch":
             return
         self._resolve(trainer, pl_module)
-        value = self.value_at(trainer.current_epoch)
-        if self._apply(pl_module, value) and self.log:
-            pl_module.log("prune/temperature", value, on_step=False, on_epoch=True, batch_size=1)
+        applied = self._apply(pl_module, trainer.current_epoch)
+        if self.log:
+            for key, value in applied.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
 
     @override
     def on_train_batch_start(
@@ -175,9 +258,10 @@ class TemperatureAnnealing(Callback):
         self._resolve(trainer, pl_module)
         per_epoch = trainer.num_training_batches
         fraction = batch_idx / per_epoch if math.isfinite(per_epoch) and per_epoch > 0 else 0.0
-        value = self.value_at(trainer.current_epoch + fraction)
-        if self._apply(pl_module, value) and self.log:
-            pl_module.log("prune/temperature", value, on_step=True, on_epoch=False, batch_size=1)
+        applied = self._apply(pl_module, trainer.current_epoch + fraction)
+        if self.log:
+            for key, value in applied.items():
+                pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)
 
     # ------------------------------------------------------------------------------ state
     # The schedule is a pure function of the (fractional) epoch, so the position in it comes
@@ -185,8 +269,9 @@ class TemperatureAnnealing(Callback):
     # run resumed with a larger max_epochs stretches the schedule, as a straight run would).
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
+        return {"value": self.value, "dpp_value": self.dpp_value}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.value = state_dict.get("value")
+        self.dpp_value = state_dict.get("dpp_value")

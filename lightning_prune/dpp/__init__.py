@@ -21,6 +21,7 @@ from lightning_prune.dpp.apply import (
     dpp_temperature,
     fold_dpp_masks,
     get_dpp_masks,
+    restore_dpp_masks,
     set_dpp_temperature,
 )
 from lightning_prune.dpp.diagnostics import dpp_entropy_penalty, mask_confidence, mask_diversity
@@ -33,8 +34,10 @@ from lightning_prune.dpp.quant import (
     enable_fake_quant,
     export_int8,
     fake_quantize,
+    has_dpp,
     load_int8,
     quantize_weight,
+    strip_dpp,
 )
 from lightning_prune.dpp.semi_structured import is_2to4, to_semi_structured
 
@@ -55,12 +58,15 @@ __all__ = [
     "fake_quantize",
     "fold_dpp_masks",
     "get_dpp_masks",
+    "has_dpp",
     "is_2to4",
     "kept_macs",
     "load_int8",
     "mask_confidence",
     "mask_diversity",
     "quantize_weight",
+    "restore_dpp_masks",
     "set_dpp_temperature",
+    "strip_dpp",
     "to_semi_structured",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ __all__ = [
     "dpp_temperature",
     "fold_dpp_masks",
     "get_dpp_masks",
+    "restore_dpp_masks",
     "set_dpp_temperature",
 ]
 
@@ -219,3 +222,63 @@ def fold_dpp_masks(model: nn.Module) -> list[str]:
         rebuild_chain(module, [p for p in chain if not isinstance(p, TopKMask)], weight=weight)
         folded.append(name)
     return folded
+
+
+_LOGITS_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.weight\.(\d+)\.logits$")
+
+
+def restore_dpp_masks(model: nn.Module, state_dict: Mapping[str, Any]) -> list[TopKMask]:
+    """Give ``model`` the DPP masks a ``state_dict`` was saved with, so that it loads strictly.
+
+    Everything needed is in the saved tensors: the logits' shape ``[rows, n]`` and the
+    ``num_kept`` buffer (``k``) of each masked layer give its granularity (``rows * n`` equal
+    to the weight's size: weight granularity with groups of ``n``; to ``C_out * C_in``: kernel
+    granularity with tiles of ``n``). Layers that already have a mask are left alone. Weight
+    fake-quant holds no state and is not restored (call
+    :func:`~lightning_prune.dpp.enable_fake_quant` again if needed).
+
+    Args:
+        model: the model about to load ``state_dict`` (e.g. in ``on_load_checkpoint``).
+        state_dict: the saved ``state_dict`` (or a Lightning checkpoint's ``"state_dict"``).
+
+    Returns:
+        The masks added.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(8, 4, 3))
+        >>> _ = apply_dpp(net, "kernel", k=3)
+        >>> fresh = nn.Sequential(nn.Conv2d(8, 4, 3))
+        >>> [(m.k, m.n, type(m).__name__) for m in restore_dpp_masks(fresh, net.state_dict())]
+        [(3, 8, 'KernelTopK')]
+        >>> _ = fresh.load_state_dict(net.state_dict())
+    """
+    modules = dict(model.named_modules())
+    added: list[TopKMask] = []
+    for key, logits in state_dict.items():
+        match = _LOGITS_KEY.match(key)
+        if match is None or not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            continue
+        prefix = match.group(1) or ""
+        layer = modules.get(prefix)
+        if layer is None or _existing_mask(layer) is not None:
+            continue
+        weight = raw_weight(layer)
+        rows, n = (int(v) for v in logits.shape)
+        kept = state_dict.get(key[: -len("logits")] + "num_kept")
+        k = int(kept) if isinstance(kept, torch.Tensor) else n
+        shape = tuple(weight.shape)
+        if rows * n == math.prod(shape):
+            mask: TopKMask = WeightTopK(shape, k=k, n=n)
+        elif rows * n == shape[0] * shape[1]:
+            mask = KernelTopK(shape, k=k, tile=n)
+        else:
+            raise ValueError(
+                f"The saved DPP mask of {prefix or 'the model'} ({rows} rows of {n}) does not fit "
+                f"its weight {shape}: load it into the architecture it was saved from."
+            )
+        mask = mask.to(weight.device)
+        mask.layer_name = prefix
+        mask.train(layer.training)
+        rebuild_chain(layer, [mask, *weight_chain(layer)])
+        added.append(mask)
+    return added

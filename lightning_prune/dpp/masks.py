@@ -43,6 +43,8 @@ class TopKMask(nn.Module):
     """
 
     default_temperature_range: tuple[float, float] = (5.0, 0.5)
+    #: ``TemperatureAnnealing`` without a schedule anneals DPP masks linearly (the paper's).
+    default_temperature_schedule: str = "linear"
     num_kept: torch.Tensor
     temperature: torch.Tensor
 

@@ -41,8 +41,10 @@ __all__ = [
     "enable_fake_quant",
     "export_int8",
     "fake_quantize",
+    "has_dpp",
     "load_int8",
     "quantize_weight",
+    "strip_dpp",
     "weight_scale",
 ]
 
@@ -215,6 +217,41 @@ def disable_fake_quant(model: nn.Module) -> list[str]:
         if changed:
             names.append(name)
     return names
+
+
+def has_dpp(model: nn.Module) -> bool:
+    """Whether ``model`` carries kernel/weight DPP masks or int8 fake-quant."""
+    return any(
+        isinstance(m, (TopKMask, FakeQuantWeight, FakeQuantActivation)) for m in model.modules()
+    )
+
+
+def strip_dpp(model: nn.Module, fold: bool = True) -> list[str]:
+    """Remove every kernel/weight DPP mask and all fake-quant from ``model`` (in place).
+
+    What is left is a plain network of the same shapes: with ``fold=True`` the masks' zeros are
+    baked into the weights (the pruned network, in float), with ``fold=False`` they are dropped
+    (the unmasked, dense network the masks were put on). Used to measure either without the
+    cost of computing masks and fake-quant in every forward.
+
+    Returns:
+        Names of the layers that changed.
+
+    Example:
+        >>> from lightning_prune.dpp import apply_dpp
+        >>> net = nn.Sequential(nn.Linear(8, 4))
+        >>> _ = apply_dpp(net, "weight", k=2, n=4)
+        >>> strip_dpp(net, fold=False), has_dpp(net), bool((net[0].weight != 0).all())
+        (['0'], False, True)
+    """
+    changed = set(fold_dpp_masks(model)) if fold else set()
+    for name, module in list(model.named_modules()):
+        chain = weight_chain(module)
+        if any(isinstance(p, TopKMask) for p in chain):
+            rebuild_chain(module, [p for p in chain if not isinstance(p, TopKMask)])
+            changed.add(name)
+    changed.update(disable_fake_quant(model))
+    return sorted(changed, key=list(dict(model.named_modules())).index)
 
 
 def _deployed_weight(module: nn.Module) -> torch.Tensor:

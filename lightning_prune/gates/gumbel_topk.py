@@ -225,6 +225,8 @@ class GumbelTopKGate(ChannelGate):
 
     stochastic = True
     default_temperature_range = (5.0, 0.5)
+    #: The paper anneals ``tau`` linearly (read by ``TemperatureAnnealing`` without a schedule).
+    default_temperature_schedule = "linear"
     num_kept: torch.Tensor
     temperature: torch.Tensor
 

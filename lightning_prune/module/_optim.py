@@ -24,6 +24,8 @@ import lightning_prune as lp
 
 #: Marker key of the gate group in ``optimizer.param_groups``.
 GATE_GROUP_KEY = "lp_gates"
+#: Marker key of the group of kernel/weight DPP mask logits.
+DPP_GROUP_KEY = "lp_dpp_masks"
 
 # Scheduler attributes holding one entry per param group: True = a learning rate (scaled).
 _PER_GROUP_ATTRS = {
@@ -150,57 +152,84 @@ def isolate_gate_parameters(
     Returns:
         The number of gate parameters moved or added.
     """
-    gates = gate_parameters(model)
-    if not gates:
+    return isolate_parameters(
+        configured, gate_parameters(model), GATE_GROUP_KEY, gate_lr, gate_weight_decay
+    )
+
+
+def isolate_parameters(
+    configured: Any,
+    params: list[nn.Parameter],
+    group_key: str,
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+) -> int:
+    """Move ``params`` into their own group (marked ``group_key``) of each optimizer.
+
+    The mechanism of :func:`isolate_gate_parameters`, for any set of parameters (e.g. the
+    logits of kernel/weight DPP masks, :data:`DPP_GROUP_KEY`).
+
+    Args:
+        configured: the return value of ``configure_optimizers``.
+        params: the parameters to isolate.
+        group_key: marker key of the new group in ``optimizer.param_groups``.
+        lr: base learning rate of the new group (``None``: that of the source group).
+        weight_decay: weight decay of the new group.
+
+    Returns:
+        The number of parameters moved or added.
+    """
+    if not params:
         return 0
     objects = list(_walk(configured))
     optimizers = [o for o in objects if isinstance(o, Optimizer)]
     if not optimizers:
         return 0
     schedulers = [s for o in objects if not isinstance(o, Optimizer) for s in _schedulers_of(o)]
-    gate_ids = {id(p): p for p in gates}
+    ids = {id(p): p for p in params}
     placed: set[int] = set()
     moved_total = 0
     for optimizer in optimizers:
         moved: list[nn.Parameter] = []
         source = None
         for index, group in enumerate(optimizer.param_groups):
-            params = group["params"]
-            if group.get(GATE_GROUP_KEY) or all(id(p) in gate_ids for p in params):
-                placed.update(id(p) for p in params if id(p) in gate_ids)
+            group_params = group["params"]
+            if group.get(group_key) or all(id(p) in ids for p in group_params):
+                placed.update(id(p) for p in group_params if id(p) in ids)
                 continue
-            keep = [p for p in params if id(p) not in gate_ids]
-            if len(keep) != len(params):
-                moved.extend(p for p in params if id(p) in gate_ids)
+            keep = [p for p in group_params if id(p) not in ids]
+            if len(keep) != len(group_params):
+                moved.extend(p for p in group_params if id(p) in ids)
                 group["params"] = keep
                 source = index if source is None else source
         if moved:
-            _add_gate_group(optimizer, moved, source or 0, schedulers, gate_lr, gate_weight_decay)
+            _add_group(optimizer, moved, source or 0, schedulers, lr, weight_decay, group_key)
             placed.update(id(p) for p in moved)
             moved_total += len(moved)
-    missing = [p for p in gates if id(p) not in placed]
+    missing = [p for p in params if id(p) not in placed]
     if missing:
-        _add_gate_group(optimizers[0], missing, 0, schedulers, gate_lr, gate_weight_decay)
+        _add_group(optimizers[0], missing, 0, schedulers, lr, weight_decay, group_key)
         moved_total += len(missing)
     return moved_total
 
 
-def _add_gate_group(
+def _add_group(
     optimizer: Optimizer,
     params: list[nn.Parameter],
     source: int,
     schedulers: list[Any],
-    gate_lr: float | None,
-    gate_weight_decay: float,
+    lr: float | None,
+    weight_decay: float,
+    group_key: str = GATE_GROUP_KEY,
 ) -> None:
     n_before = len(optimizer.param_groups)
     src = optimizer.param_groups[source]
     src_base = float(src.get("initial_lr", src["lr"]))
-    base = float(gate_lr) if gate_lr is not None else src_base
+    base = float(lr) if lr is not None else src_base
     ratio = base / src_base if src_base else 1.0
-    group: dict[str, Any] = {"params": params, "lr": src["lr"] * ratio, GATE_GROUP_KEY: True}
+    group: dict[str, Any] = {"params": params, "lr": src["lr"] * ratio, group_key: True}
     if "weight_decay" in optimizer.defaults:
-        group["weight_decay"] = gate_weight_decay
+        group["weight_decay"] = weight_decay
     for key, value in src.items():
         if key in group or key == "params" or key == "weight_decay":
             continue
@@ -228,9 +257,11 @@ def is_isolated(optimizer: Optimizer, model: nn.Module) -> bool:
 
 
 __all__ = [
+    "DPP_GROUP_KEY",
     "GATE_GROUP_KEY",
     "gate_param_groups",
     "gate_parameters",
     "is_isolated",
     "isolate_gate_parameters",
+    "isolate_parameters",
 ]

@@ -39,28 +39,46 @@ _PLAN_ATTR = "_lp_composed_plan"
 EXAMPLE_SAMPLES = 2
 
 
+#: ``gate`` values that switch channel gates off (YAML ``gate: null`` gives ``None``).
+NO_GATE_NAMES = ("none", "null", "")
+
+
 @dataclass
 class GateSetup:
     """How a model was (or will be) augmented.
 
     Args:
-        gate: registered gate family name (``"sigmoid"``, ``"hard_concrete"``, ...).
+        gate: registered gate family name (``"sigmoid"``, ``"hard_concrete"``, ...), or
+            ``None`` / ``"none"`` for no channel gates at all (e.g. kernel/weight DPP alone,
+            see :class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`).
         gate_kwargs: keyword arguments of the gate class.
         exclude: module path patterns never pruned (``fnmatch``; a prefix covers submodules).
+
+    Example:
+        >>> GateSetup("none").enabled, GateSetup("sigmoid").enabled
+        (False, True)
     """
 
-    gate: str = "sigmoid"
+    gate: str | None = "sigmoid"
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.gate, type):
             self.gate = gate_name(self.gate)
-        get_gate_class(self.gate)  # unknown names fail here, listing the choices
+        if isinstance(self.gate, str) and self.gate.strip().lower() in NO_GATE_NAMES:
+            self.gate = None
+        if self.gate is not None:
+            get_gate_class(self.gate)  # unknown names fail here, listing the choices
         self.gate_kwargs = dict(self.gate_kwargs or {})
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude or ())
+
+    @property
+    def enabled(self) -> bool:
+        """Whether channel gates are inserted at all."""
+        return self.gate is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for checkpoints)."""
@@ -161,7 +179,12 @@ def augment_module(model: nn.Module, example_inputs: Any, setup: GateSetup) -> l
 
     Idempotent like ``lp.augment``. Tracing runs with the model's device as the default device,
     so it is unaffected by ``Trainer``'s init contexts.
+
+    Raises:
+        ValueError: for a set-up without gates (``gate=None``).
     """
+    if setup.gate is None:
+        raise ValueError("This gate set-up inserts no channel gates (gate=None).")
     example = small_example(example_inputs)
     device = model_device(model)
     with torch.device(device):

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 import lightning_prune as lp
+from lightning_prune.dpp import get_dpp_masks
 from lightning_prune.penalties import SparsityPenalty
 
 RETURNED_NONE = (
@@ -90,12 +91,29 @@ class PenaltyApplier:
     Args:
         penalty: the penalty to apply.
         prefix: logging prefix of the terms.
+        require_gates: apply it only to a module with channel gates (``True``: what the mixin
+            with gates and ``RelaxedPruning`` need, a collapsed module trains without penalty);
+            ``False``: also to a module with kernel/weight DPP masks but no gates
+            (``gate: none``, :class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`).
     """
 
-    def __init__(self, penalty: SparsityPenalty, prefix: str = "prune/penalty/") -> None:
+    def __init__(
+        self,
+        penalty: SparsityPenalty,
+        prefix: str = "prune/penalty/",
+        require_gates: bool = True,
+    ) -> None:
         self.penalty = penalty
         self.prefix = prefix
+        self.require_gates = require_gates
         self._total_steps: dict[int, float] = {}
+        self._warned = False
+
+    def applies_to(self, module: Any) -> bool:
+        """Whether the penalty has anything to act on in ``module``."""
+        if lp.is_augmented(module):
+            return True
+        return not self.require_gates and bool(get_dpp_masks(module))
 
     def progress(self, module: Any) -> float:
         """Training progress of ``module``'s trainer (1.0 without a trainer)."""
@@ -121,8 +139,20 @@ class PenaltyApplier:
         return result.total
 
     def __call__(self, module: Any, output: Any) -> Any:
-        """Add the penalty to a ``training_step`` output (a no-op for an unaugmented module)."""
-        if not lp.is_augmented(module):
+        """Add the penalty to a ``training_step`` output.
+
+        A no-op when :meth:`applies_to` is false (an unaugmented or collapsed module; without
+        ``require_gates``, a module with neither gates nor DPP masks, with a one-time warning).
+        """
+        if not self.applies_to(module):
+            if not self.require_gates and self.penalty.terms and not self._warned:
+                self._warned = True
+                rank_zero_warn(
+                    f"{type(module).__name__} has neither channel gates nor DPP masks, so the "
+                    f"penalty terms {[t.key for t in self.penalty.terms]} have nothing to act on "
+                    "and are not added. Add DPP masks (the DynamicProbabilisticPruning callback "
+                    "or lightning_prune.dpp.apply_dpp) or channel gates."
+                )
             return output
         if output is None:
             raise MisconfigurationException(RETURNED_NONE)

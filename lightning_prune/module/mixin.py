@@ -12,6 +12,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule
 
 import lightning_prune as lp
+from lightning_prune.dpp import restore_dpp_masks
 from lightning_prune.gates import ChannelGate
 from lightning_prune.module import _optim, _state
 from lightning_prune.module._step import PenaltyApplier, finish_penalty
@@ -88,6 +89,8 @@ def _wrap_on_load_checkpoint(fn: Callable) -> Callable:
     def on_load_checkpoint(self: Any, checkpoint: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         with _outermost(self, "on_load_checkpoint") as outer:
             if outer:
+                # kernel/weight DPP masks saved with the weights: put them back first
+                restore_dpp_masks(self, checkpoint.get("state_dict") or {})
                 state = checkpoint.get(_state.CHECKPOINT_KEY)
                 _state.restore_structure(self, state)
                 if state and state.get("penalty"):
@@ -151,7 +154,9 @@ class PrunableMixin:
       accumulation, mixed precision and DDP); every term is logged under ``prune/penalty/``.
     * checkpoints carry the gates, the controller state and, after a collapse, the channel
       plan, which ``on_load_checkpoint`` applies before the weights load, so
-      ``load_from_checkpoint`` rebuilds a pruned model (also with ``weights_only=True``).
+      ``load_from_checkpoint`` rebuilds a pruned model (also with ``weights_only=True``);
+      kernel/weight DPP masks saved in the weights are re-created the same way
+      (:func:`lightning_prune.dpp.restore_dpp_masks`).
 
     Hooks you define (``training_step``, ``configure_model``, ``configure_optimizers``,
     ``on_save_checkpoint``, ``on_load_checkpoint``) are wrapped when the class is created; calling
@@ -162,11 +167,19 @@ class PrunableMixin:
     are re-inserted and no penalty is added: fine-tuning or testing the compact network just
     works.
 
+    ``gate=None`` (YAML ``gate: null`` or ``gate: none``) inserts no channel gates: for kernel-
+    or weight-granularity DPP alone
+    (:class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`).
+    The penalty then defaults to no terms and may only hold terms that need no gates
+    (``dpp_entropy``); it is added while the model carries DPP masks.
+
     Args:
-        gate: gate family name (``"sigmoid"``, ``"hard_concrete"``, ``"gumbel_topk"``).
+        gate: gate family name (``"sigmoid"``, ``"hard_concrete"``, ``"gumbel_topk"``), or
+            ``None`` / ``"none"`` for no channel gates.
         gate_kwargs: keyword arguments of the gate class (e.g. ``{"temperature": 5.0}``).
         exclude: module path patterns never pruned (``fnmatch``; a prefix covers submodules).
-        penalty: the sparsity penalty (default: ``0.5 * |A_flops / A_dense|``, paper 1).
+        penalty: the sparsity penalty (default: ``0.5 * |A_flops / A_dense|``, paper 1; with
+            ``gate=None``: no terms).
         separate_gate_group: move gate parameters into their own optimizer param group.
         gate_lr: base learning rate of that group (``None``: that of the group they came from).
         gate_weight_decay: weight decay of that group.
@@ -211,7 +224,7 @@ class PrunableMixin:
     def __init__(
         self,
         *args: Any,
-        gate: str = "sigmoid",
+        gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
         penalty: SparsityPenalty | None = None,
@@ -243,7 +256,7 @@ class PrunableMixin:
 
     def configure_pruning(
         self,
-        gate: str = "sigmoid",
+        gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
         penalty: SparsityPenalty | None = None,
@@ -254,7 +267,8 @@ class PrunableMixin:
         """(Re)configure pruning; call it in ``__init__`` instead of passing ``super()`` kwargs.
 
         Raises:
-            ValueError: for an unknown gate family (the message lists the choices).
+            ValueError: for an unknown gate family (the message lists the choices), or, with
+                ``gate=None``, a penalty term or controller that needs gates.
             TypeError: when ``penalty`` is not a :class:`SparsityPenalty`.
         """
         if penalty is not None and not isinstance(penalty, SparsityPenalty):
@@ -268,8 +282,12 @@ class PrunableMixin:
             setup = _state.GateSetup(gate, dict(gate_kwargs or {}), tuple(exclude))
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
+        if penalty is None:
+            penalty = SparsityPenalty() if setup.enabled else SparsityPenalty(terms=[])
+        if not setup.enabled:
+            penalty.check_gateless(owner=f"{type(self).__name__}(gate=None)")
         self.__dict__["pruning_setup"] = setup
-        self.__dict__["sparsity_penalty"] = penalty if penalty is not None else SparsityPenalty()
+        self.__dict__["sparsity_penalty"] = penalty
         self.__dict__["separate_gate_group"] = bool(separate_gate_group)
         self.__dict__["gate_lr"] = gate_lr
         self.__dict__["gate_weight_decay"] = float(gate_weight_decay)
@@ -283,12 +301,14 @@ class PrunableMixin:
     def augment_gates(self) -> list[ChannelGate]:
         """Insert the gates now (what ``configure_model`` does); idempotent.
 
-        Does nothing on a network that was already collapsed.
+        Does nothing on a network that was already collapsed, or with ``gate=None``.
 
         Raises:
             ExampleInputError: when ``example_input_array`` is not set.
             NothingToPruneError: when the network has no channel group to gate.
         """
+        if not self.pruning_setup.enabled:
+            return []
         if lp.is_augmented(self):  # type: ignore[arg-type]
             return self.gates
         if _state.was_collapsed(self):  # type: ignore[arg-type]
@@ -303,14 +323,21 @@ class PrunableMixin:
     # ----------------------------------------------------------------------------- internals
     def _lp_applier(self) -> PenaltyApplier:
         applier = self.__dict__.get("_lp_penalty_applier")
-        if applier is None or applier.penalty is not self.sparsity_penalty:
-            applier = PenaltyApplier(self.sparsity_penalty)
+        require_gates = self.pruning_setup.enabled
+        if (
+            applier is None
+            or applier.penalty is not self.sparsity_penalty
+            or applier.require_gates != require_gates
+        ):
+            applier = PenaltyApplier(self.sparsity_penalty, require_gates=require_gates)
             self.__dict__["_lp_penalty_applier"] = applier
         return applier
 
     def _lp_add_penalty(self, output: Any) -> Any:
         if not self.automatic_optimization:  # type: ignore[attr-defined]
             return output
+        if not self.pruning_setup.enabled:  # no gates: only gate-free terms (dpp_entropy)
+            return self._lp_applier()(self, output)
         if not lp.is_augmented(self) and not _state.was_collapsed(self):  # type: ignore[arg-type]
             raise lp.NotAugmentedError(
                 f"{type(self).__name__}.training_step ran before the gates were inserted: the "

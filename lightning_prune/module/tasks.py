@@ -88,10 +88,12 @@ class PrunableModule(PrunableMixin, L.LightningModule):
         lr_scheduler: ``scheduler(optimizer)``; default cosine annealing over ``max_epochs``
             (``None`` from YAML keeps the default; pass ``constant`` for none).
         scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
-        gate: gate family name.
+        gate: gate family name, or ``None`` / ``"none"`` for no channel gates (kernel/weight
+            DPP alone with :class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`).
         gate_kwargs: keyword arguments of the gate class.
         exclude: module path patterns never pruned (relative to this module, e.g. ``net.fc``).
-        penalty: the sparsity penalty (default: paper 1's structure loss, weight 0.5, target 0).
+        penalty: the sparsity penalty (default: paper 1's structure loss, weight 0.5, target 0;
+            with ``gate=None``: no terms).
         gate_lr: learning rate of the gate group (``None``: the optimizer's).
         gate_weight_decay: weight decay of the gate group.
     """
@@ -105,7 +107,7 @@ class PrunableModule(PrunableMixin, L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | Literal["cosine", "constant"] | None = "cosine",
         scheduler_interval: Literal["epoch", "step"] = "epoch",
-        gate: str = "sigmoid",
+        gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
         penalty: SparsityPenalty | None = None,

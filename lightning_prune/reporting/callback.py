@@ -18,6 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.dpp import has_dpp, kept_macs, strip_dpp
 from lightning_prune.profiling import measure_latency
 from lightning_prune.reporting.evaluate import evaluate_module
 from lightning_prune.reporting.paths import run_directory, unique_names
@@ -88,6 +89,12 @@ class PruningReport(Callback):
       ``training.png`` (FLOPs, parameters and metric over epochs) into the run directory (next
       to ``checkpoints/``), adding ``-1``, ``-2``, ... rather than overwriting anything,
     * logs ``report/*`` numbers to every logger, and the plots and the stage table to W&B.
+
+    Kernel/weight DPP masks (:class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`)
+    keep dense shapes: the dense row is measured without them (and without fake-quant), the
+    final row with their zeros folded in (same FLOPs: a dense GPU/CPU gains nothing), and the
+    summary adds ``kept_macs`` (:func:`lightning_prune.dpp.kept_macs`, one sample), printed as
+    "kept multiply-adds", the count sparse hardware would execute.
 
     The dense network's metric cannot be measured in the same run (the network trained is the
     pruned one); give it as ``reference_metric`` (e.g. the published baseline, or the result of
@@ -161,6 +168,7 @@ class PruningReport(Callback):
         self._example: tuple[torch.Tensor, ...] | None = None
         self._latency: dict[str, Any] | None = None
         self._dense_net: nn.Module | None = None
+        self._dpp = False
 
     @property
     def state_key(self) -> str:
@@ -272,16 +280,22 @@ class PruningReport(Callback):
                 "PruningReport: the module has no `example_input_array` and the datamodule no "
                 "`example_input()`, so FLOPs and latency are not reported."
             )
-        self.dense = self._measure(pl_module)
-        self.dense_widths = lp.layer_widths(pl_module)
+        # DPP masks (and fake-quant) already on the model: measure the network without them
+        self._dpp = has_dpp(pl_module)
+        measured: nn.Module = pl_module
+        if self._dpp:
+            measured = copy.deepcopy(pl_module)
+            strip_dpp(measured, fold=False)
+        self.dense = self._measure(measured)
+        self.dense_widths = lp.layer_widths(measured)
         if self.latency_batch_size and self._example is not None:
-            net = getattr(pl_module, "net", None)
+            net = getattr(measured, "net", None)
             if isinstance(net, nn.Module) and not lp.is_augmented(pl_module):
                 # a copy, timed against the collapsed network at the end under the same load
-                self._dense_net = copy.deepcopy(net)
+                self._dense_net = net if measured is not pl_module else copy.deepcopy(net)
             else:
                 device = trainer.strategy.root_device
-                (self.dense["latency_ms"],) = self._latencies([pl_module], device)
+                (self.dense["latency_ms"],) = self._latencies([measured], device)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -341,18 +355,27 @@ class PruningReport(Callback):
         if lp.is_augmented(pl_module):
             compact = lp.collapse(pl_module, inplace=False)
             note = "collapsed copy (no NetworkCollapse callback collapsed the module)"
-        collapsed = self._measure(compact)
-        collapsed_widths = lp.layer_widths(compact)
+        # DPP masks / fake-quant: measure the final network with the masks' zeros folded in
+        timed: nn.Module = compact
+        kept = None
+        if self._dpp or has_dpp(compact):
+            if self._example is not None:
+                one = tuple(t.to(_device_of(compact)) for t in self._example)
+                kept = kept_macs(compact, one if len(one) > 1 else one[0])
+            timed = copy.deepcopy(compact)
+            strip_dpp(timed, fold=True)
+        collapsed = self._measure(timed)
+        collapsed_widths = lp.layer_widths(timed)
         dense = dict(self.dense)
         if self.latency_batch_size and self._example is not None:
             device = trainer.strategy.root_device
-            net = getattr(compact, "net", None)
+            net = getattr(timed, "net", None)
             if self._dense_net is not None and isinstance(net, nn.Module):
                 dense["latency_ms"], collapsed["latency_ms"] = self._latencies(
                     [self._dense_net, net], device
                 )
             else:
-                (collapsed["latency_ms"],) = self._latencies([compact], device)
+                (collapsed["latency_ms"],) = self._latencies([timed], device)
             self._dense_net = None
         evaluated: dict[str, float] = {}
         loader = self._loader(trainer) if self.evaluate else None
@@ -392,6 +415,7 @@ class PruningReport(Callback):
             run_dir=str(directory),
             latency=self._latency,
             note=note,
+            **({"kept_macs": kept.as_dict()} if kept is not None else {}),
         )
         files = [json_path.name]
         if self.plots:

@@ -279,6 +279,13 @@ def render_summary(summary: Mapping[str, Any], console: Any = None) -> None:
         style="bold",
     )
     console.print(table)
+    kept = summary.get("kept_macs")
+    if kept:
+        console.print(
+            f"  kept multiply-adds (DPP masks, dense shapes): {format_count(kept['kept_macs'])} "
+            f"of {format_count(kept['dense_macs'])} per sample "
+            f"({_fmt_ratio(kept.get('kept_ratio'), 'ratio')}); {kept.get('label', '')}"
+        )
     if dense.get("metric_source"):
         console.print(f"  dense {metric}: {dense['metric_source']}")
     elif collapsed.get("metric") is not None:

@@ -1,6 +1,6 @@
 """The compared methods, one module each; importing this package registers them in order."""
 
-from benchmarks.compare.methods import dense, lightning_prune, model_pruning, torch_pruning
+from benchmarks.compare.methods import dense, dpp, lightning_prune, model_pruning, torch_pruning
 from benchmarks.compare.methods.base import (
     ALIASES,
     METHODS,
@@ -18,6 +18,7 @@ __all__ = [
     "Method",
     "Outcome",
     "dense",
+    "dpp",
     "lightning_prune",
     "model_pruning",
     "register_method",

@@ -75,7 +75,7 @@ class Method:
 
     Attributes:
         name: the ``--methods`` name.
-        family: ``dense``, ``lightning_prune``, ``torch_pruning`` or ``model_pruning``.
+        family: ``dense``, ``lightning_prune``, ``torch_pruning``, ``model_pruning`` or ``dpp``.
         label: human-readable description for the report.
         fn: ``fn(ctx, target) -> Outcome``; ``target`` is the fraction of FLOPs to remove
             (``None`` for the dense baseline).
@@ -109,6 +109,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "lp": ("lp_sigmoid", "lp_hard_concrete"),
     "torch_pruning": ("tp_magnitude", "tp_group_norm"),
     "tp": ("tp_magnitude", "tp_group_norm"),
+    "dpp": ("dpp_feature", "dpp_weight_2to4"),
 }
 
 

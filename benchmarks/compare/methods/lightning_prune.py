@@ -18,9 +18,7 @@ Settings for a short structure phase (a few hundred steps; see benchmarks/README
 * PI gains ``controller_kp`` / ``controller_ki`` (2, 0.05 per step): the library's defaults
   are tuned for runs of thousands of steps.
 * sigmoid temperature fixed at 5 for the first ``anneal_from`` of the phase, then a cubic
-  ramp to 30, so the gates first move, then harden (collapse then changes little); over the
-  same stretch paper 1's fence-sitter ("basis") term ramps in and pushes undecided logits
-  away from 0, so the soft gates the network trains with end close to the hard mask.
+  ramp to 30, so the gates first move, then harden (collapse then changes little).
 """
 
 from __future__ import annotations
@@ -51,13 +49,6 @@ class _Probe(Callback):
             self.ratio_before_snap = float(lp.hard_cost(pl_module) / lp.dense_cost(pl_module))
 
 
-def _terms(gate: str, anneal_from: float) -> list[dict[str, Any]]:
-    """Fixed penalty terms next to the controller: the fence-sitter term for sigmoid gates."""
-    if gate != "sigmoid":
-        return []
-    return [{"name": "basis", "weight": 1.0, "ramp": [anneal_from, 1.0]}]
-
-
 def run(ctx: Context, target: float | None, gate: str) -> Outcome:
     assert target is not None
     task, p = ctx.task, ctx.profile
@@ -72,7 +63,7 @@ def run(ctx: Context, target: float | None, gate: str) -> Outcome:
         "lr_scheduler": "cosine",
         "scheduler_interval": "step",
         "gate": gate,
-        "penalty": SparsityPenalty(terms=_terms(gate, p.anneal_from), controller=controller),
+        "penalty": SparsityPenalty(controller=controller),
         "gate_lr": p.gate_lr,
     }
     if task.name == "classification":
