@@ -322,12 +322,19 @@ class _EvalProbe(L.Callback):
 
 def test_fold_keeps_eval_outputs_and_reports_kept_macs(tmp_path, caplog):
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    # listen on Lightning's rank-zero logger itself: other tests may stop it propagating
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero_logger.addHandler(caplog.handler)
     x = torch.randn(6, 3, 16, 16)
     probe = _EvalProbe(x)
     logger = CSVLogger(tmp_path)
     cb = DynamicProbabilisticPruning("kernel", keep_ratio=0.5, dirpath=str(tmp_path / "out"))
     module = PlainModule(width=8)
-    _fit(module, [probe, cb], tmp_path, max_steps=4, logger=logger)
+    try:
+        _fit(module, [probe, cb], tmp_path, max_steps=4, logger=logger)
+    finally:
+        rank_zero_logger.removeHandler(caplog.handler)
     assert dpp.get_dpp_masks(module) == []
     assert not any("parametrizations" in k for k in module.state_dict())
     module.eval()
