@@ -103,6 +103,8 @@ class ChannelGate(nn.Module):
                 f"set_mask expects a boolean tensor of shape ({self.num_channels},), "
                 f"got {tuple(mask.shape)}."
             )
+        if int(mask.sum()) >= min(self.min_kept, self.num_channels):
+            return mask  # the common case: no probabilities needed
         with torch.no_grad():
             return self._keep_min(mask, self.probabilities())
 

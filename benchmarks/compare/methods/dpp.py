@@ -28,16 +28,15 @@ Not in any profile's default method list; run them with ``--methods dpp`` (or by
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
-from typing import Any
 
 import torch
 from torch import nn
 
 import lightning_prune as lp
 from benchmarks.compare.methods.base import Context, Outcome, register_method
+from benchmarks.compare.methods.lightning_prune import collapse_and_finetune, gated_module
 from lightning_prune import dpp
 from lightning_prune.callbacks import (
     DynamicProbabilisticPruning,
@@ -45,7 +44,6 @@ from lightning_prune.callbacks import (
     TemperatureAnnealing,
 )
 from lightning_prune.dpp._select import raw_weight, select_layers
-from lightning_prune.module import ClassificationModule, SegmentationModule
 from lightning_prune.penalties import SparsityPenalty
 
 #: Weight of DPP's entropy regulariser (the paper: 1e-5 .. 5e-3).
@@ -130,22 +128,12 @@ def magnitude_logits(model: nn.Module) -> int:
 def run_feature(ctx: Context, target: float | None) -> Outcome:
     assert target is not None
     task, p = ctx.task, ctx.profile
-    adam = functools.partial(torch.optim.Adam, lr=p.structure_lr, weight_decay=p.weight_decay)
-    kwargs: dict[str, Any] = {
-        "num_classes": task.num_classes,
-        "input_shape": task.input_shape,
-        "optimizer": adam,
-        "lr_scheduler": "cosine",
-        "scheduler_interval": "step",
-        "gate": "gumbel_topk",
-        "gate_kwargs": {"noise_scale": 0.05},
-        "penalty": SparsityPenalty(terms=[{"name": "dpp_entropy", "weight": ENTROPY_WEIGHT}]),
-        "gate_lr": p.gate_lr,
-    }
-    if task.name == "classification":
-        module = ClassificationModule(ctx.dense_net(), **kwargs)
-    else:
-        module = SegmentationModule(ctx.dense_net(), ignore_index=task.ignore_index, **kwargs)
+    module = gated_module(
+        ctx,
+        "gumbel_topk",
+        SparsityPenalty(terms=[{"name": "dpp_entropy", "weight": ENTROPY_WEIGHT}]),
+        gate_kwargs={"noise_scale": 0.05},
+    )
     start = time.perf_counter()
     module.configure_model()  # the gates now, so that k is fixed before training
     initialised = magnitude_logits(module)
@@ -155,12 +143,8 @@ def run_feature(ctx: Context, target: float | None) -> Outcome:
     anneal = TemperatureAnnealing("linear", start=5.0, end=0.5, interval="step")
     collapse = NetworkCollapse(save=False, latency_repeats=0, verify=True)
     structure_s = ctx.runner.fit(module, task.datamodule, p.prune_epochs, [anneal, collapse])
-    if lp.is_augmented(module):  # prune_epochs == 0: collapse here (the magnitude top-k)
-        start = time.perf_counter()
-        lp.collapse(module, inplace=True)
-        search_s += time.perf_counter() - start
-    module.optimizer_fn = task.optimizer(p.lr)  # fine-tune: the common SGD recipe
-    finetune_s = ctx.runner.fit(module, task.datamodule, p.finetune_epochs)
+    collapse_s, finetune_s = collapse_and_finetune(ctx, module)  # prune_epochs 0: magnitude top-k
+    search_s += collapse_s
     info = {
         "gate": "gumbel_topk",
         "keep_ratio": keep,

@@ -49,12 +49,16 @@ class _Probe(Callback):
             self.ratio_before_snap = float(lp.hard_cost(pl_module) / lp.dense_cost(pl_module))
 
 
-def run(ctx: Context, target: float | None, gate: str) -> Outcome:
-    assert target is not None
+def gated_module(
+    ctx: Context,
+    gate: str,
+    penalty: SparsityPenalty,
+    gate_kwargs: dict[str, Any] | None = None,
+) -> ClassificationModule | SegmentationModule:
+    """The task's ready module around a copy of the dense network, set up for structure
+    learning: Adam (``structure_lr``) with a cosine schedule per step, ``gate`` gates with
+    their own learning rate (``gate_lr``), and ``penalty``."""
     task, p = ctx.task, ctx.profile
-    controller = PIController(
-        target=1.0 - target, kind="flops", kp=p.controller_kp, ki=p.controller_ki
-    )
     adam = functools.partial(torch.optim.Adam, lr=p.structure_lr, weight_decay=p.weight_decay)
     kwargs: dict[str, Any] = {
         "num_classes": task.num_classes,
@@ -63,13 +67,38 @@ def run(ctx: Context, target: float | None, gate: str) -> Outcome:
         "lr_scheduler": "cosine",
         "scheduler_interval": "step",
         "gate": gate,
-        "penalty": SparsityPenalty(controller=controller),
+        "penalty": penalty,
         "gate_lr": p.gate_lr,
     }
+    if gate_kwargs is not None:
+        kwargs["gate_kwargs"] = gate_kwargs
     if task.name == "classification":
-        module = ClassificationModule(ctx.dense_net(), **kwargs)
-    else:
-        module = SegmentationModule(ctx.dense_net(), ignore_index=task.ignore_index, **kwargs)
+        return ClassificationModule(ctx.dense_net(), **kwargs)
+    return SegmentationModule(ctx.dense_net(), ignore_index=task.ignore_index, **kwargs)
+
+
+def collapse_and_finetune(
+    ctx: Context, module: ClassificationModule | SegmentationModule
+) -> tuple[float, float]:
+    """Collapse ``module`` if the structure fit did not (``prune_epochs == 0``), then fine-tune
+    it with the common SGD recipe for the remaining epochs; returns (collapse s, fine-tune s)."""
+    collapse_s = 0.0
+    if lp.is_augmented(module):
+        start = time.perf_counter()
+        lp.collapse(module, inplace=True)
+        collapse_s = time.perf_counter() - start
+    module.optimizer_fn = ctx.task.optimizer(ctx.profile.lr)
+    finetune_s = ctx.runner.fit(module, ctx.task.datamodule, ctx.profile.finetune_epochs)
+    return collapse_s, finetune_s
+
+
+def run(ctx: Context, target: float | None, gate: str) -> Outcome:
+    assert target is not None
+    task, p = ctx.task, ctx.profile
+    controller = PIController(
+        target=1.0 - target, kind="flops", kp=p.controller_kp, ki=p.controller_ki
+    )
+    module = gated_module(ctx, gate, SparsityPenalty(controller=controller))
     probe = _Probe()
     collapse = NetworkCollapse(save=False, latency_repeats=0, verify=True)
     callbacks: list[Any] = [probe, collapse]
@@ -83,12 +112,8 @@ def run(ctx: Context, target: float | None, gate: str) -> Outcome:
         )
         callbacks.insert(0, anneal)
     prune_s = ctx.runner.fit(module, task.datamodule, p.prune_epochs, callbacks)
-    if lp.is_augmented(module):  # prune_epochs == 0: collapse here (nothing learned)
-        start = time.perf_counter()
-        lp.collapse(module, inplace=True)
-        prune_s += time.perf_counter() - start
-    module.optimizer_fn = task.optimizer(p.lr)  # fine-tune: the common SGD recipe
-    finetune_s = ctx.runner.fit(module, task.datamodule, p.finetune_epochs)
+    collapse_s, finetune_s = collapse_and_finetune(ctx, module)
+    prune_s += collapse_s
     info = {
         "gate": gate,
         "controller_target_ratio": controller.target,
