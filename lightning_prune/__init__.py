@@ -34,11 +34,14 @@ from lightning_prune.surgery import (
     augment,
     channel_plan,
     collapse,
+    fold_batchnorm,
     get_gates,
     get_groups,
+    init_gates,
     is_augmented,
     load_pruned,
     save_pruned,
+    unit_importance,
 )
 from lightning_prune.surgery.widths import layer_widths
 
@@ -92,14 +95,17 @@ __all__ = [
     "count_flops",
     "count_params",
     "dense_cost",
+    "fold_batchnorm",
     "gates",
     "get_gates",
     "get_groups",
     "hard_cost",
+    "init_gates",
     "is_augmented",
     "layer_widths",
     "load_pruned",
     "relaxed_cost",
     "save_pruned",
     "trace_channels",
+    "unit_importance",
 ]

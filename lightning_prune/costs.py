@@ -85,7 +85,7 @@ def _index(state: PruneState, device: torch.device) -> _CostIndex:
     if not isinstance(idx, _CostIndex):
         idx = _CostIndex(state, device)
         state._index_cache[key] = idx
-    return idx  # type: ignore[return-value]
+    return idx
 
 
 def _cost_from_values(
@@ -152,7 +152,11 @@ def hard_cost(model: nn.Module, kind: CostKind = "flops") -> float:
         out_idx = torch.nonzero(kept[out_flat]).flatten()
         in_idx = None if in_flat is None else torch.nonzero(kept[in_flat]).flatten()
         f_out = len(out_idx) / len(out_flat)
-        f_in = 1.0 if in_idx is None or spec.role != "conv" else len(in_idx) / len(in_flat)
+        f_in = (
+            1.0
+            if in_idx is None or in_flat is None or spec.role != "conv"
+            else len(in_idx) / len(in_flat)
+        )
         dense = spec.flops if kind == "flops" else spec.weight_params + spec.bias_params
         if constant_role(spec.role, in_idx, out_idx, kept, dead, in_flat, out_flat):
             now = 0.0 if kind == "flops" else float(len(out_idx))  # ConstantLayer.value

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime as dt
 import os
@@ -25,12 +26,13 @@ from typing import Any
 
 import torch
 
+import lightning_prune as lp
 from benchmarks.compare import report
 from benchmarks.compare.data import DEFAULT_CACHE, locate
 from benchmarks.compare.methods import METHODS, Context, resolve_methods
 from benchmarks.compare.methods.dense import dense_checkpoint
 from benchmarks.compare.metrics import describe_model, is_physically_smaller, paired_latency
-from benchmarks.compare.profiles import PROFILES, Profile, get_profile
+from benchmarks.compare.profiles import PROFILES, Profile, TaskProfile, get_profile
 from benchmarks.compare.tasks import TASKS, TaskSetup
 from benchmarks.compare.training import Runner, quiet_lightning
 
@@ -87,6 +89,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU threads of the latency measurement (default: --threads); 1 is more robust "
         "when other processes share the cores",
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override task-profile fields of the selected tasks, e.g. gate_init=magnitude "
+        "controller_kp=4 (values parsed as Python literals, else strings); the report records "
+        "them",
+    )
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="keep finished rows of --out")
@@ -98,6 +109,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only re-render results.md and the plot from --out/results.json",
     )
     return parser.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``, checked against the TaskProfile fields.
+
+    Raises:
+        SystemExit: for a malformed item or an unknown field (lists the fields).
+    """
+    fields = {f.name for f in dataclasses.fields(TaskProfile)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        if name not in fields:
+            raise SystemExit(
+                f"--set: unknown profile field {name!r}; fields: {', '.join(sorted(fields))}"
+            )
+        try:
+            out[name] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[name] = raw
+    return out
 
 
 def _version(name: str) -> str | None:
@@ -184,6 +218,20 @@ def run_row(
             profile.latency_repeats,
             profile.latency_threads or profile.threads,
         )
+        # the same timing after lp.fold_batchnorm (as an inference deployment would run it),
+        # at the largest batch
+        big = task.profile.latency_batches[-1]
+        folded = lp.fold_batchnorm(net, example)
+        folded_latency = paired_latency(
+            folded,
+            folded if spec.family == "dense" else lp.fold_batchnorm(reference, example),
+            example,
+            [big],
+            profile.latency_rounds,
+            profile.latency_repeats,
+            profile.latency_threads or profile.threads,
+        )
+        latency.update({f"folded_{k}": v for k, v in folded_latency.items()})
         flops_ratio = ctx.dense_flops / max(sizes["flops"], 1)
         row.update(
             {
@@ -202,6 +250,7 @@ def run_row(
         )
         for batch in task.profile.latency_batches:
             row[f"efficiency_b{batch}"] = latency[f"speedup_b{batch}"] / flops_ratio
+        row[f"folded_efficiency_b{big}"] = latency[f"folded_speedup_b{big}"] / flops_ratio
     except Exception as err:  # one failing method must not sink the comparison
         traceback.print_exc()
         row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -219,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.targets is not None:
         for task in TASKS:
             profile = profile.replace_task(task, targets=tuple(args.targets))
+    for field_name, value in parse_overrides(args.set).items():
+        for task in TASKS if args.task == "all" else [args.task]:
+            profile = profile.replace_task(task, **{field_name: value})
     if args.encoder_weights:
         kwargs = {**profile.segmentation.model_kwargs, "encoder_weights": args.encoder_weights}
         profile = profile.replace_task("segmentation", model_kwargs=kwargs)

@@ -174,6 +174,24 @@ def floors(rows: Sequence[Mapping[str, Any]], batch: int | None = None) -> list[
             "measured": detail,
         }
     )
+    key = f"folded_efficiency_b{batch}"
+    eff = [r for r in lp_rows if r.get(key) is not None and math.isfinite(r[key])]
+    if eff:
+        worst = min(eff, key=lambda r: r[key])
+        passed = worst[key] >= FLOOR_EFFICIENCY
+        detail = (
+            f"min speedup / FLOPs ratio = {worst[key]:.2f} ({worst['task']} {worst['method']} "
+            f"at {worst['target']:.0%}), dense and collapsed both folded"
+        )
+    else:
+        passed, detail = None, "no folded latency measured"
+    checks.append(
+        {
+            "floor": f"... with BatchNorm folded (lp.fold_batchnorm, batch {batch})",
+            "result": _verdict(passed),
+            "measured": detail,
+        }
+    )
     return checks
 
 
@@ -189,6 +207,7 @@ COLUMNS = {
     "speedup_b1": "speedup b1",
     "latency_ms_bN": "ms bN",
     "speedup_bN": "speedup bN",
+    "folded_speedup_bN": "speedup bN, BN folded",
     "train_s": "train s",
     "prune_s": "prune s",
 }
@@ -219,6 +238,7 @@ def _table_rows(rows: Sequence[Mapping[str, Any]], task: str) -> tuple[list[dict
                 "speedup_b1": r.get("speedup_b1"),
                 "latency_ms_bN": r.get(f"latency_ms_b{big}") if big else None,
                 "speedup_bN": r.get(f"speedup_b{big}") if big else None,
+                "folded_speedup_bN": r.get(f"folded_speedup_b{big}") if big else None,
                 "train_s": r["train_s"],
                 "prune_s": r["prune_s"],
             }
@@ -256,6 +276,7 @@ def markdown(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
         if big is not None:
             cols["latency_ms_bN"] = f"ms b{big}"
             cols["speedup_bN"] = f"speedup b{big}"
+            cols["folded_speedup_bN"] = f"speedup b{big}, BN folded"
         lines += [
             "",
             f"## {task}: {info.get('model')}",

@@ -1,72 +1,55 @@
-"""``DynamicProbabilisticPruning``: kernel- and weight-granularity DPP for any LightningModule."""
+"""``DynamicProbabilisticPruning``: kernel- and weight-granularity DPP for any LightningModule.
+
+The callback itself; its argument checks, layer masking, mask bookkeeping and end-of-training
+report live in the private ``_dpp_config``, ``_dpp_masking``, ``_dpp_state`` and
+``_dpp_outputs`` modules next to it.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_prune.callbacks import _dpp_outputs as outputs
+from lightning_prune.callbacks._dpp_config import MIXIN_ENTROPY_TWICE as MIXIN_ENTROPY_TWICE
+from lightning_prune.callbacks._dpp_config import (
+    Granularity,
+    check_arguments,
+    check_entropy_once,
+)
+from lightning_prune.callbacks._dpp_masking import (
+    apply_masks,
+    check_masked,
+    enable_quantization,
+    masking_summary,
+)
+from lightning_prune.callbacks._dpp_outputs import _SUFFIXES as _SUFFIXES
+from lightning_prune.callbacks._dpp_state import _LOGITS_KEY as _LOGITS_KEY
+from lightning_prune.callbacks._dpp_state import FOLDED_ATTR as FOLDED_ATTR
+from lightning_prune.callbacks._dpp_state import (
+    dpp_logit_parameters,
+    fold_and_mark,
+    is_folded,
+    isolate_logit_group,
+)
+from lightning_prune.callbacks._dpp_state import match_checkpoint as _match_checkpoint
 from lightning_prune.callbacks._hooks import hook_owner, install_hook, uninstall_hooks
-from lightning_prune.callbacks.collapse import unique_stem
 from lightning_prune.callbacks.relaxed_pruning import default_example_inputs
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
-from lightning_prune.dpp import (
-    MacsReport,
-    TopKMask,
-    apply_dpp,
-    enable_fake_quant,
-    export_int8,
-    fold_dpp_masks,
-    get_dpp_masks,
-    kept_macs,
-    restore_dpp_masks,
-)
-from lightning_prune.dpp._select import select_layers
-from lightning_prune.module import _optim, _state
+from lightning_prune.dpp import MacsReport, TopKMask, export_int8, get_dpp_masks
+from lightning_prune.module import _state
 from lightning_prune.module._step import PenaltyApplier
-from lightning_prune.module.mixin import PrunableMixin
 from lightning_prune.penalties import SparsityPenalty
-from lightning_prune.profiling import format_table
 from lightning_prune.reporting.paths import run_directory
 
 __all__ = ["DynamicProbabilisticPruning", "dpp_logit_parameters"]
-
-#: Marks a module whose DPP masks were folded into its weights (so they are not re-applied).
-FOLDED_ATTR = "_lp_dpp_folded"
-#: ``state_dict`` keys of DPP mask logits (``<layer>.parametrizations.weight.<i>.logits``).
-_LOGITS_KEY = re.compile(r"(?:^|\.)parametrizations\.weight\.\d+\.logits$")
-_SUFFIXES = ("_macs.json", "_int8.pt")
-
-Granularity = Literal["kernel", "weight"]
-
-MIXIN_ENTROPY_TWICE = (
-    "{name}'s penalty already has a 'dpp_entropy' term and DynamicProbabilisticPruning adds "
-    "its own (entropy_weight={weight}): the entropy would count twice. Set entropy_weight: 0 "
-    "on the callback, or remove the term from the module's penalty."
-)
-
-
-def dpp_logit_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The logits of the kernel/weight DPP masks of ``model`` (empty when it has none).
-
-    Example:
-        >>> from lightning_prune import dpp
-        >>> net = nn.Linear(8, 2)
-        >>> _ = dpp.apply_dpp(net, "weight", k=2, n=4)
-        >>> [tuple(p.shape) for p in dpp_logit_parameters(net)]
-        [(4, 4)]
-    """
-    return [m.logits for m in get_dpp_masks(model)]
 
 
 class DynamicProbabilisticPruning(Callback):
@@ -180,47 +163,9 @@ class DynamicProbabilisticPruning(Callback):
         filename: str = "dpp",
         input_key: int | str | None = None,
     ) -> None:
-        if granularity not in ("kernel", "weight"):
-            raise ValueError(
-                f"granularity must be 'kernel' or 'weight', got {granularity!r}; for feature maps "
-                "use the 'gumbel_topk' channel gate (gate: gumbel_topk)."
-            )
-        if init not in ("uniform", "magnitude"):
-            raise ValueError(f"init must be 'uniform' or 'magnitude', got {init!r}.")
-        if granularity == "weight" and (keep_ratio is not None or tile is not None):
-            raise ValueError(
-                "keep_ratio and tile apply to kernel granularity; at weight granularity give k "
-                "(kept) and n (group size), e.g. k=2, n=4 for 2:4."
-            )
-        if k is not None and keep_ratio is not None:
-            raise ValueError(f"Give k or keep_ratio, not both (k={k}, keep_ratio={keep_ratio}).")
-        if granularity == "kernel" and k is None and keep_ratio is None and not layers:
-            raise ValueError(
-                "Kernel granularity needs the kernels kept per row: k, keep_ratio, or per-layer "
-                "values in layers."
-            )
-        if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}.")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}.")
-        for pattern, value in (layers or {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"layers[{pattern!r}] must be a k (int) or a keep ratio (float).")
-            if isinstance(value, float) and not 0.0 < value < 1.0:
-                raise ValueError(
-                    f"layers[{pattern!r}] = {value}: a float is a keep ratio in (0, 1); give an "
-                    "int for k."
-                )
-        if temperature is not None:
-            temperature = tuple(float(t) for t in temperature)  # type: ignore[assignment]
-            if len(temperature) != 2 or min(temperature) <= 0:
-                raise ValueError(
-                    f"temperature is a positive (start, end) pair, got {temperature!r}."
-                )
-        if entropy_weight < 0:
-            raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}.")
-        if not filename or os.sep in filename or "/" in filename:
-            raise ValueError(f"filename must be a plain file stem such as 'dpp', got {filename!r}.")
+        temperature = check_arguments(
+            granularity, k, n, keep_ratio, tile, layers, init, temperature, entropy_weight, filename
+        )
         self.granularity = granularity
         self.k = k
         self.n = int(n)
@@ -269,15 +214,6 @@ class DynamicProbabilisticPruning(Callback):
         return self._generate_state_key(granularity=self.granularity, filename=self.filename)
 
     # -------------------------------------------------------------------------- masking
-    def _layer_kwargs(self, value: int | float) -> dict[str, Any]:
-        if isinstance(value, float):
-            if self.granularity == "kernel":
-                return {"keep_ratio": value, "tile": self.tile}
-            return {"k": max(1, round(value * self.n)), "n": self.n}
-        if self.granularity == "kernel":
-            return {"k": int(value), "tile": self.tile}
-        return {"k": int(value), "n": self.n}
-
     def apply(self, model: nn.Module) -> list[TopKMask]:
         """Register this callback's DPP masks on ``model`` (in place, idempotent).
 
@@ -287,50 +223,7 @@ class DynamicProbabilisticPruning(Callback):
         Raises:
             ValueError: when a ``layers`` pattern matches no conv/linear layer.
         """
-        common: dict[str, Any] = {
-            "temperature": self.temperature[0],
-            "noise_scale": self.noise_scale,
-            "init": self.init,
-        }
-        for pattern, value in self.layers.items():
-            if not select_layers(model, (pattern,), self.exclude):
-                names = [name for name, _ in select_layers(model)]
-                raise ValueError(
-                    f"DynamicProbabilisticPruning: layers pattern {pattern!r} matches no "
-                    f"conv/linear layer (after exclude); the layers are named like {names[:6]}."
-                )
-            apply_dpp(
-                model,
-                self.granularity,
-                include=(pattern,),
-                exclude=self.exclude,
-                **self._layer_kwargs(value),
-                **common,
-            )
-        if self.granularity == "weight" or self.k is not None or self.keep_ratio is not None:
-            sizes: dict[str, Any]
-            if self.granularity == "kernel":
-                sizes = {"k": self.k, "keep_ratio": self.keep_ratio, "tile": self.tile}
-            else:
-                sizes = {"k": self.k, "n": self.n}
-            apply_dpp(
-                model,
-                self.granularity,
-                include=self.include,
-                exclude=self.exclude,
-                **sizes,
-                **common,
-            )
-        return get_dpp_masks(model)
-
-    def _quantized_layers(self, model: nn.Module) -> list[str]:
-        return enable_fake_quant(
-            model,
-            weights=True,
-            activations=self.quantize_activations,
-            include=self.include,
-            exclude=self.exclude,
-        )
+        return apply_masks(model, self)
 
     # ---------------------------------------------------------------------- wrapped hooks
     def _around_training_step(self, original: Any, *args: Any, **kwargs: Any) -> Any:
@@ -342,19 +235,9 @@ class DynamicProbabilisticPruning(Callback):
 
     def _around_configure_optimizers(self, original: Any, *args: Any, **kwargs: Any) -> Any:
         configured = original(*args, **kwargs)
-        module = hook_owner(original)
-        moved = _optim.isolate_parameters(
-            configured,
-            dpp_logit_parameters(module),
-            _optim.DPP_GROUP_KEY,
-            self.logit_lr,
-            self.logit_weight_decay,
+        isolate_logit_group(
+            configured, hook_owner(original), self.logit_lr, self.logit_weight_decay
         )
-        if moved:
-            rank_zero_info(
-                f"DynamicProbabilisticPruning: {moved} mask logit tensors in their own optimizer "
-                f"group (weight decay {self.logit_weight_decay})."
-            )
         return configured
 
     def _around_on_load_checkpoint(
@@ -370,19 +253,12 @@ class DynamicProbabilisticPruning(Callback):
         the masks back; a folded checkpoint (plain weights) loaded into a masked model folds
         the masks first.
         """
-        has_logits = any(_LOGITS_KEY.search(key) for key in state_dict)
-        masked = bool(get_dpp_masks(model))
-        if has_logits and not masked:
-            model.__dict__.pop(FOLDED_ATTR, None)
-            restore_dpp_masks(model, state_dict)  # exactly the checkpoint's masks
-        elif masked and not has_logits:
-            fold_dpp_masks(model)
-            model.__dict__[FOLDED_ATTR] = True
+        _match_checkpoint(model, state_dict)
 
     # ------------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if pl_module.__dict__.get(FOLDED_ATTR):
+        if is_folded(pl_module):
             if stage == "fit" and not self._warned_folded:
                 rank_zero_warn(
                     "DynamicProbabilisticPruning: the model's masks were already folded into its "
@@ -391,23 +267,11 @@ class DynamicProbabilisticPruning(Callback):
                 self._warned_folded = True
         else:
             masks = self.apply(pl_module)
-            if not masks:
-                raise MisconfigurationException(
-                    f"DynamicProbabilisticPruning({self.granularity!r}) masked no layer of "
-                    f"{type(pl_module).__name__}: check include / exclude and that n (or tile) "
-                    "divides the layers' input channels."
-                )
+            check_masked(masks, self.granularity, pl_module)
             if self.quantize:
-                self._quantized_layers(pl_module)
+                enable_quantization(pl_module, self)
             if stage == "fit":
-                kept = sum(m.k * m.logits.shape[0] for m in masks)
-                total = sum(m.n * m.logits.shape[0] for m in masks)
-                rank_zero_info(
-                    f"DynamicProbabilisticPruning: {len(masks)} layers masked at "
-                    f"{self.granularity} granularity, {kept / total:.1%} of their weights kept"
-                    + (" (int8 fake-quant)" if self.quantize else "")
-                    + "."
-                )
+                rank_zero_info(masking_summary(masks, self.granularity, self.quantize))
         install_hook(pl_module, "on_load_checkpoint", self._around_on_load_checkpoint, owner=self)
         masked = bool(get_dpp_masks(pl_module))
         if stage == "fit":
@@ -415,15 +279,7 @@ class DynamicProbabilisticPruning(Callback):
             self.report_path = self.int8_path = None
         if stage == "fit" and masked:
             if self.entropy_weight > 0:
-                penalty = getattr(pl_module, "sparsity_penalty", None)
-                if isinstance(pl_module, PrunableMixin) and any(
-                    t.name == "dpp_entropy" for t in getattr(penalty, "terms", ())
-                ):
-                    raise MisconfigurationException(
-                        MIXIN_ENTROPY_TWICE.format(
-                            name=type(pl_module).__name__, weight=self.entropy_weight
-                        )
-                    )
+                check_entropy_once(pl_module, self.entropy_weight)
                 install_hook(pl_module, "training_step", self._around_training_step, owner=self)
             if self.separate_logit_group:
                 install_hook(
@@ -469,17 +325,9 @@ class DynamicProbabilisticPruning(Callback):
             return
         self.macs_report = self.report(pl_module)
         if self.macs_report is not None:
-            metrics = {
-                "prune/dpp/kept_macs": float(self.macs_report.kept_macs),
-                "prune/dpp/dense_macs": float(self.macs_report.dense_macs),
-                "prune/dpp/kept_macs_ratio": float(self.macs_report.kept_ratio),
-            }
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-                logger.save()
+            outputs.log_kept_macs(trainer, self.macs_report)
         if self.fold_on_fit_end:
-            folded = fold_dpp_masks(pl_module)
-            pl_module.__dict__[FOLDED_ATTR] = True
+            folded = fold_and_mark(pl_module)
             rank_zero_info(
                 f"DynamicProbabilisticPruning: folded the masks of {len(folded)} layers into "
                 "their weights."
@@ -492,60 +340,26 @@ class DynamicProbabilisticPruning(Callback):
         if self.macs_report is None and not self.quantize:
             return
         directory = Path(self.dirpath) if self.dirpath is not None else run_directory(trainer)
-        directory.mkdir(parents=True, exist_ok=True)
-        stem = unique_stem(directory, self.filename, _SUFFIXES)
+        report_path, int8_path = outputs.output_paths(directory, self.filename)
         if self.macs_report is not None:
-            self.report_path = stem.with_name(stem.name + _SUFFIXES[0])
-            payload = {"granularity": self.granularity, **self.macs_report.as_dict()}
-            self.report_path.write_text(json.dumps(payload, indent=1))
+            self.report_path = report_path
+            outputs.write_macs_report(report_path, self.granularity, self.macs_report)
         if self.quantize:
-            self.int8_path = stem.with_name(stem.name + _SUFFIXES[1])
+            self.int8_path = int8_path
             torch.save(export_int8(pl_module, self.include, self.exclude), self.int8_path)
         written = [str(p) for p in (self.report_path, self.int8_path) if p is not None]
         rank_zero_info(f"DynamicProbabilisticPruning: saved {', '.join(written)}")
 
     # ---------------------------------------------------------------------------- report
-    def _example_inputs(self, pl_module: nn.Module) -> tuple[torch.Tensor, ...] | None:
-        array = getattr(pl_module, "example_input_array", None)
-        example: tuple[torch.Tensor, ...] | None
-        if array is not None:
-            example = _state.as_tuple(array)
-        else:
-            example = _state.stored_example(pl_module) or self._example or None
-        if not example:
-            return None
-        one = tuple(t[:1] for t in example)
-        return _state.on_device(one, _state.model_device(pl_module))
-
     def report(self, pl_module: nn.Module) -> MacsReport | None:
         """Count and print the kept multiply-adds of ``pl_module`` now (one sample).
 
         Returns:
             The report, or ``None`` (with a warning) without example inputs.
         """
-        example = self._example_inputs(pl_module)
-        if example is None:
-            rank_zero_warn(
-                "DynamicProbabilisticPruning: no example input (set `example_input_array`), so "
-                "the kept multiply-adds are not reported."
-            )
-            return None
-        report = kept_macs(pl_module, example)
-        rows = [
-            {
-                "layer": name,
-                "dense MACs": f"{layer.dense_macs:,}",
-                "kept fraction": f"{layer.kept_fraction:.3f}",
-                "kept multiply-adds": f"{layer.kept_macs:,.0f}",
-            }
-            for name, layer in report.per_layer.items()
-        ]
-        rank_zero_info(
-            f"DynamicProbabilisticPruning: kept multiply-adds {report.kept_macs:,.0f} of "
-            f"{report.dense_macs:,} dense per sample ({report.kept_ratio:.1%}); {report.label}.\n"
-            + format_table(rows)
+        return outputs.report_kept_macs(
+            pl_module, outputs.one_sample_example(pl_module, self._example)
         )
-        return report
 
     # ----------------------------------------------------------------------------- state
     @override

@@ -126,6 +126,9 @@ class RelaxedPruning(Callback):
         gate: gate family name.
         gate_kwargs: keyword arguments of the gate class.
         exclude: module path patterns never pruned.
+        gate_init: importance criterion seeding the gates' starting order (``"magnitude"``,
+            ``"l1"``; ``None``: uniform start; see :func:`lightning_prune.init_gates`).
+        gate_init_spread: half-width of that seeding in logit units.
         schedule: temperature schedule name (``None``: no annealing).
         temperature: ``(start, end)`` of the schedule (``None``: the gate family's default).
         anneal_interval: anneal per ``"step"`` or per ``"epoch"``.
@@ -158,6 +161,8 @@ class RelaxedPruning(Callback):
         gate: str = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
+        gate_init: str | None = None,
+        gate_init_spread: float = 2.0,
         schedule: str | None = "cubic",
         temperature: tuple[float, float] | None = None,
         anneal_interval: Literal["step", "epoch"] = "step",
@@ -173,7 +178,9 @@ class RelaxedPruning(Callback):
         input_key: int | str | None = None,
     ) -> None:
         try:
-            self.gate_setup = _state.GateSetup(gate, dict(gate_kwargs or {}), tuple(exclude))
+            self.gate_setup = _state.GateSetup(
+                gate, dict(gate_kwargs or {}), tuple(exclude), gate_init, gate_init_spread
+            )
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
         if not self.gate_setup.enabled:

@@ -36,6 +36,8 @@ class ChannelGate(nn.Module):
     stochastic: bool = False
     #: The default annealing direction and range, used when no schedule is configured.
     default_temperature_range: tuple[float, float] = (1.0, 1.0)
+    #: Scalar buffer registered in ``__init__`` (declared for type checkers).
+    temperature: torch.Tensor
 
     def __init__(self, num_channels: int, temperature: float = 1.0, threshold: float = 0.5) -> None:
         super().__init__()
@@ -64,6 +66,30 @@ class ChannelGate(nn.Module):
         A mask that keeps fewer than :attr:`min_kept` units gets the most probable ones opened.
         """
         raise NotImplementedError
+
+    def set_probabilities(self, probs: torch.Tensor) -> None:
+        """Set the parameters so that :meth:`probabilities` returns ``probs``.
+
+        Used to seed the gates from an importance ranking (:func:`lightning_prune.init_gates`).
+
+        Raises:
+            NotImplementedError: for families whose probabilities are not per-unit free
+                parameters (e.g. a k-out-of-n gate, whose probabilities sum to ``k``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be seeded with per-unit probabilities; use a "
+            "sigmoid or hard_concrete gate for importance initialisation."
+        )
+
+    def _check_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
+        probs = torch.as_tensor(probs, dtype=torch.float64)
+        if probs.shape != (self.num_channels,):
+            raise ValueError(
+                f"set_probabilities expects shape ({self.num_channels},), got {tuple(probs.shape)}."
+            )
+        if bool(((probs <= 0) | (probs >= 1)).any()):
+            raise ValueError("set_probabilities expects values strictly between 0 and 1.")
+        return probs
 
     # ------------------------------------------------------------------ shared
     def hard_mask(self) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import nn
@@ -48,6 +49,10 @@ class HardConcreteGate(ChannelGate):
         init = math.log(init_keep / (1 - init_keep)) + self._shift(temperature)
         self.log_alpha = nn.Parameter(torch.full((num_channels,), init))
 
+    @overload
+    def _shift(self, beta: float) -> float: ...
+    @overload
+    def _shift(self, beta: torch.Tensor) -> torch.Tensor: ...
     def _shift(self, beta: float | torch.Tensor) -> float | torch.Tensor:
         return beta * math.log(-self.gamma / self.zeta)
 
@@ -59,6 +64,13 @@ class HardConcreteGate(ChannelGate):
         u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def set_probabilities(self, probs: torch.Tensor) -> None:
+        """``log_alpha = logit(p) + beta * log(-gamma / zeta)``."""
+        probs = self._check_probabilities(probs)
+        shift = float(self._shift(float(self.temperature)))
+        with torch.no_grad():
+            self.log_alpha.copy_((torch.logit(probs) + shift).to(self.log_alpha))
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Set ``log_alpha`` so that kept units have ``P(z != 0) = 0.99`` and closed ones 0.01."""

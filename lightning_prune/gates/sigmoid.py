@@ -46,6 +46,13 @@ class SigmoidGate(ChannelGate):
         """``sigmoid(k * s)``."""
         return torch.sigmoid(self.temperature * self.logits)
 
+    def set_probabilities(self, probs: torch.Tensor) -> None:
+        """``s = logit(p) / k``."""
+        probs = self._check_probabilities(probs)
+        k = max(float(self.temperature), 1e-6)
+        with torch.no_grad():
+            self.logits.copy_((torch.logit(probs) / k).to(self.logits))
+
     def set_mask(self, mask: torch.Tensor) -> None:
         """Set logits to ``+a`` (kept) or ``-a`` (closed) with ``a`` clear of the threshold."""
         mask = self._check_mask(mask)

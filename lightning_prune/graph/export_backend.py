@@ -7,7 +7,7 @@ calls are mapped back to their ``nn.Module`` through their weight parameters.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -41,7 +41,7 @@ _SPLIT = {"split", "split_with_sizes", "chunk", "unbind"}
 
 
 def _opname(target: Any) -> str:
-    name = getattr(target, "_opname", None) or getattr(target, "__name__", str(target))
+    name = cast(str, getattr(target, "_opname", None) or getattr(target, "__name__", str(target)))
     # in-place variants (relu_, add_, feature_dropout_) behave like their functional forms
     return name[:-1] if name.endswith("_") and not name.startswith("_") else name
 
@@ -53,6 +53,11 @@ def _stack_path(node: fx.Node) -> str:
 
 def _arg(node: fx.Node, i: int, default: Any = None) -> Any:
     return node.args[i] if len(node.args) > i else default
+
+
+def _names(nodes: Any) -> list[str | None]:
+    """Names of a sequence of graph nodes (the tensor operands of ``cat`` / ``stack``)."""
+    return [t.name for t in nodes]
 
 
 class _Converter:
@@ -68,7 +73,7 @@ class _Converter:
             return self.params[weight.name].rsplit(".", 1)[0]
         return _stack_path(node) or None
 
-    def tensor_inputs(self, node: fx.Node) -> list[str]:
+    def tensor_inputs(self, node: fx.Node) -> list[str | None]:
         return [
             a.name
             for a in node.all_input_nodes
@@ -95,9 +100,8 @@ class _Converter:
         if shape is None:
             return OpNode(name, "ignore", where=where)
         if target is operator.getitem:
-            return OpNode(
-                name, "getitem", [node.args[0].name], {"index": node.args[1]}, shape, where=where
-            )
+            src = cast(fx.Node, node.args[0])
+            return OpNode(name, "getitem", [src.name], {"index": node.args[1]}, shape, where=where)
         if op in _CONV or op == "linear":
             module_path = self.module_of(node, _arg(node, 1))
             if module_path is None:
@@ -116,10 +120,10 @@ class _Converter:
         if op in _NORM:
             w_idx, _ = _NORM[op]
             module_path = self.module_of(node, _arg(node, w_idx))
-            module = self.model.get_submodule(module_path) if module_path else None
-            if module is None or _module_node(node, module)[0] != "norm":
+            norm_module = self.model.get_submodule(module_path) if module_path else None
+            if norm_module is None or _module_node(node, norm_module)[0] != "norm":
                 return OpNode(name, "unknown", ins, {"op": op}, shape, where=where)
-            _, attrs = _module_node(node, module)
+            _, attrs = _module_node(node, norm_module)
             return OpNode(
                 name,
                 "norm",
@@ -127,7 +131,7 @@ class _Converter:
                 attrs,
                 shape,
                 module=module_path,
-                where=f"{type(module).__name__} `{module_path}`",
+                where=f"{type(norm_module).__name__} `{module_path}`",
             )
         if op in ops.ATEN_BINARY:
             a, b = _arg(node, 0), _arg(node, 1)
@@ -151,7 +155,7 @@ class _Converter:
             return OpNode(
                 name,
                 "cat",
-                [t.name for t in node.args[0]],
+                _names(node.args[0]),
                 {"dim": _arg(node, 1, node.kwargs.get("dim", 0))},
                 shape,
                 where=where,
@@ -160,7 +164,7 @@ class _Converter:
             return OpNode(
                 name,
                 "stack",
-                [t.name for t in node.args[0]],
+                _names(node.args[0]),
                 {"dim": _arg(node, 1, node.kwargs.get("dim", 0))},
                 shape,
                 where=where,

@@ -35,13 +35,17 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+def _tensor_shape(meta: Any) -> Shape:
+    return tuple(int(d) for d in meta.shape)
+
+
 def _shape_of(meta: Any) -> Shape | list[Shape | None] | None:
     if meta is None:
         return None
     if hasattr(meta, "shape"):
-        return tuple(int(d) for d in meta.shape)
+        return _tensor_shape(meta)
     if isinstance(meta, (tuple, list)):
-        return [_shape_of(m) if hasattr(m, "shape") else None for m in meta]
+        return [_tensor_shape(m) if hasattr(m, "shape") else None for m in meta]
     return None
 
 
@@ -123,7 +127,7 @@ def _index_kind(index: Any, ndim: int) -> tuple[str, dict[str, Any]]:
 def _convert(gm: fx.GraphModule, node: fx.Node, shapes: dict[str, Any]) -> OpNode:
     shape = shapes.get(node.name)
     name = node.name
-    tensor_inputs = [
+    tensor_inputs: list[str | None] = [
         a.name for a in node.all_input_nodes if isinstance(shapes.get(a.name), (tuple, list))
     ]
     if node.op == "placeholder":
@@ -180,17 +184,19 @@ def _convert(gm: fx.GraphModule, node: fx.Node, shapes: dict[str, Any]) -> OpNod
         return OpNode(name, "split", tensor_inputs[:1], {"dim": dim}, shape, where=where)
     if not method and target is operator.getitem:
         src, index = node.args[0], node.args[1]
-        src_shape = shapes.get(src.name) if isinstance(src, fx.Node) else None
+        src_name = src.name if isinstance(src, fx.Node) else None
+        src_shape = shapes.get(src_name) if src_name is not None else None
         if isinstance(src_shape, list):
-            return OpNode(name, "getitem", [src.name], {"index": index}, shape, where=where)
+            return OpNode(name, "getitem", [src_name], {"index": index}, shape, where=where)
         if isinstance(src_shape, tuple):
             kind, attrs = _index_kind(index, len(src_shape))
             attrs.setdefault("op", "tensor indexing")
-            return OpNode(name, kind, [src.name], attrs, shape, where=where)
+            return OpNode(name, kind, [src_name], attrs, shape, where=where)
         return OpNode(name, "ignore", where=where)
     if not method and target is torch.nn.functional.pad:
         pad = _arg(node, 1, "pad")
-        ndim = len(shapes[tensor_inputs[0]]) if tensor_inputs else 0
+        first = tensor_inputs[0] if tensor_inputs else None
+        ndim = len(shapes[first]) if first is not None else 0
         value = _arg(node, 3, "value", None)
         if isinstance(pad, Sequence) and len(pad) <= 2 * max(ndim - 2, 0):
             zero = not value

@@ -26,6 +26,7 @@ from torch import nn
 
 import lightning_prune as lp
 from lightning_prune.gates import GATES, ChannelGate, get_gate_class
+from lightning_prune.surgery.importance import IMPORTANCE
 
 #: Key of the pruning state in a Lightning checkpoint dict.
 CHECKPOINT_KEY = "lightning_prune"
@@ -53,6 +54,10 @@ class GateSetup:
             see :class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`).
         gate_kwargs: keyword arguments of the gate class.
         exclude: module path patterns never pruned (``fnmatch``; a prefix covers submodules).
+        init: importance criterion that seeds the gates' starting order when they are inserted
+            (``"magnitude"``, ``"l1"``; see :func:`lightning_prune.init_gates`), or ``None``
+            for the family's uniform start.
+        init_spread: half-width of that seeding, in logit units.
 
     Example:
         >>> GateSetup("none").enabled, GateSetup("sigmoid").enabled
@@ -62,6 +67,8 @@ class GateSetup:
     gate: str | None = "sigmoid"
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    init: str | None = None
+    init_spread: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.gate, type):
@@ -74,6 +81,12 @@ class GateSetup:
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude or ())
+        if isinstance(self.init, str) and self.init.strip().lower() in NO_GATE_NAMES:
+            self.init = None
+        if self.init is not None:
+            IMPORTANCE.get(self.init)  # unknown names fail here, listing the choices
+        if self.init_spread < 0:
+            raise ValueError(f"gate init_spread must be >= 0, got {self.init_spread}.")
 
     @property
     def enabled(self) -> bool:
@@ -187,6 +200,7 @@ def augment_module(model: nn.Module, example_inputs: Any, setup: GateSetup) -> l
         raise ValueError("This gate set-up inserts no channel gates (gate=None).")
     example = small_example(example_inputs)
     device = model_device(model)
+    fresh = not lp.is_augmented(model)
     with torch.device(device):
         gates = lp.augment(
             model,
@@ -195,6 +209,8 @@ def augment_module(model: nn.Module, example_inputs: Any, setup: GateSetup) -> l
             exclude=setup.exclude,
             gate_kwargs=setup.gate_kwargs,
         )
+    if fresh and setup.init is not None:
+        lp.init_gates(model, importance=setup.init, spread=setup.init_spread)
     model.__dict__[_SETUP_ATTR] = setup
     model.__dict__[_EXAMPLE_ATTR] = example
     return gates
@@ -353,6 +369,8 @@ def restore_structure(model: nn.Module, state: Mapping[str, Any] | None) -> None
             gate=setup_data["gate"],
             gate_kwargs=dict(setup_data.get("gate_kwargs") or {}),
             exclude=tuple(setup_data.get("exclude") or ()),
+            init=setup_data.get("init"),
+            init_spread=float(setup_data.get("init_spread", 2.0)),
         )
     specs = state.get("example_inputs")
     if (

@@ -178,6 +178,12 @@ class PrunableMixin:
             ``None`` / ``"none"`` for no channel gates.
         gate_kwargs: keyword arguments of the gate class (e.g. ``{"temperature": 5.0}``).
         exclude: module path patterns never pruned (``fnmatch``; a prefix covers submodules).
+        gate_init: seed the gates' starting order from an importance criterion when they are
+            inserted (``"magnitude"``: |BN scale| or filter norm; ``"l1"``), so a short
+            structure phase refines a sensible ranking instead of starting from a tie; ``None``
+            (default): every gate starts alike, as in the paper.
+        gate_init_spread: half-width of that seeding in logit units (see
+            :func:`lightning_prune.init_gates`).
         penalty: the sparsity penalty (default: ``0.5 * |A_flops / A_dense|``, paper 1; with
             ``gate=None``: no terms).
         separate_gate_group: move gate parameters into their own optimizer param group.
@@ -227,6 +233,8 @@ class PrunableMixin:
         gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
+        gate_init: str | None = None,
+        gate_init_spread: float = 2.0,
         penalty: SparsityPenalty | None = None,
         separate_gate_group: bool = True,
         gate_lr: float | None = None,
@@ -238,6 +246,8 @@ class PrunableMixin:
             gate=gate,
             gate_kwargs=gate_kwargs,
             exclude=exclude,
+            gate_init=gate_init,
+            gate_init_spread=gate_init_spread,
             penalty=penalty,
             separate_gate_group=separate_gate_group,
             gate_lr=gate_lr,
@@ -259,6 +269,8 @@ class PrunableMixin:
         gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
+        gate_init: str | None = None,
+        gate_init_spread: float = 2.0,
         penalty: SparsityPenalty | None = None,
         separate_gate_group: bool = True,
         gate_lr: float | None = None,
@@ -279,7 +291,9 @@ class PrunableMixin:
         if gate_lr is not None and gate_lr < 0:
             raise ValueError(f"gate_lr must be >= 0, got {gate_lr}.")
         try:
-            setup = _state.GateSetup(gate, dict(gate_kwargs or {}), tuple(exclude))
+            setup = _state.GateSetup(
+                gate, dict(gate_kwargs or {}), tuple(exclude), gate_init, gate_init_spread
+            )
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
         if penalty is None:

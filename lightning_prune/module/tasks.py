@@ -92,6 +92,9 @@ class PrunableModule(PrunableMixin, L.LightningModule):
             DPP alone with :class:`~lightning_prune.callbacks.DynamicProbabilisticPruning`).
         gate_kwargs: keyword arguments of the gate class.
         exclude: module path patterns never pruned (relative to this module, e.g. ``net.fc``).
+        gate_init: importance criterion seeding the gates' starting order (``"magnitude"``,
+            ``"l1"``; ``None``: uniform start, see :class:`~lightning_prune.PrunableMixin`).
+        gate_init_spread: half-width of that seeding in logit units.
         penalty: the sparsity penalty (default: paper 1's structure loss, weight 0.5, target 0;
             with ``gate=None``: no terms).
         gate_lr: learning rate of the gate group (``None``: the optimizer's).
@@ -110,6 +113,8 @@ class PrunableModule(PrunableMixin, L.LightningModule):
         gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
+        gate_init: str | None = None,
+        gate_init_spread: float = 2.0,
         penalty: SparsityPenalty | None = None,
         gate_lr: float | None = None,
         gate_weight_decay: float = 0.0,
@@ -118,6 +123,8 @@ class PrunableModule(PrunableMixin, L.LightningModule):
             gate=gate,
             gate_kwargs=gate_kwargs,
             exclude=exclude,
+            gate_init=gate_init,
+            gate_init_spread=gate_init_spread,
             penalty=penalty,
             separate_gate_group=True,
             gate_lr=gate_lr,

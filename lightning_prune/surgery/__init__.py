@@ -3,6 +3,8 @@
 from lightning_prune.surgery.augmentation import augment, get_gates, get_groups, is_augmented
 from lightning_prune.surgery.collapsing import collapse
 from lightning_prune.surgery.files import load_pruned, save_pruned
+from lightning_prune.surgery.fold import fold_batchnorm
+from lightning_prune.surgery.importance import init_gates, unit_importance
 from lightning_prune.surgery.plan import apply_channel_plan, channel_plan
 from lightning_prune.surgery.state import GateGroup
 
@@ -12,9 +14,12 @@ __all__ = [
     "augment",
     "channel_plan",
     "collapse",
+    "fold_batchnorm",
     "get_gates",
     "get_groups",
+    "init_gates",
     "is_augmented",
     "load_pruned",
     "save_pruned",
+    "unit_importance",
 ]

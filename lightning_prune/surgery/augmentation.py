@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ def _module_flops(graph: Graph, model: nn.Module) -> dict[str, int]:
         y = node.shape
         if not isinstance(x, tuple) or not isinstance(y, tuple):
             continue
-        w = tuple(model.get_submodule(node.module).weight.shape)
+        w = tuple(cast(torch.Tensor, model.get_submodule(node.module).weight).shape)
         if node.kind == "linear":
             f = 2 * math.prod(x[:-1]) * w[0] * w[1]
         else:
@@ -134,9 +134,7 @@ def _build_state(
     critical = critical_groups(graph, analysis.group_producers)
     groups = [
         GroupSpec(n, len(units), list(prods), critical=c)
-        for n, units, prods, c in zip(
-            names, analysis.groups, analysis.group_producers, critical
-        )
+        for n, units, prods, c in zip(names, analysis.groups, analysis.group_producers, critical)
     ]
     specs: dict[str, ModuleSpec] = {}
     for m in analysis.modules.values():
@@ -235,10 +233,11 @@ def augment(
         )
     prepare_root(model)
     model.add_module(GATES_ATTR, nn.ModuleDict({g.name: gt for g, gt in zip(state.groups, gates)}))
-    for spec in state.modules.values():
-        if spec.site:
+    for mod_spec in state.modules.values():
+        if mod_spec.site:
             attach_site(
-                model.get_submodule(spec.path), _segments(spec.out_units, gates, state.groups)
+                model.get_submodule(mod_spec.path),
+                _segments(mod_spec.out_units, gates, state.groups),
             )
     if gate_cls.stochastic:
         model.register_forward_pre_hook(ResetSamples(gates))

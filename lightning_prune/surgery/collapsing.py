@@ -68,7 +68,9 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
     for path, (in_flat, out_flat) in spec_indices(state).items():
         out_idx, out_dead = _kept(out_flat, kept, dead)
         in_idx = None if in_flat is None else _kept(in_flat, kept, dead)[0]
-        if len(out_idx) == len(out_flat) and (in_idx is None or len(in_idx) == len(in_flat)):
+        if len(out_idx) == len(out_flat) and (
+            in_idx is None or in_flat is None or len(in_idx) == len(in_flat)
+        ):
             continue
         module = model.get_submodule(path)
         entry = get_slicer(module)(module, in_idx, out_idx)

@@ -8,12 +8,19 @@ arithmetic, so a fully closed residual branch really costs nothing.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 
-def _pair(v: object, n: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n  # type: ignore[arg-type]
+def _pair(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+def _at(geometry: dict[str, list[int] | str], key: str, i: int) -> int:
+    """Entry ``i`` of a per-dimension geometry list (only ``padding`` may be a string)."""
+    return cast("list[int]", geometry[key])[i]
 
 
 class ConstantLayer(nn.Module):
@@ -55,14 +62,14 @@ class ConstantLayer(nn.Module):
         g = self.geometry
         out = []
         for i, size in enumerate(sizes):
-            k, s, d = g["kernel_size"][i], g["stride"][i], g["dilation"][i]  # type: ignore[index]
+            k, s, d = _at(g, "kernel_size", i), _at(g, "stride", i), _at(g, "dilation", i)
             if self.kind == "conv_transpose":
-                p = g["padding"][i]  # type: ignore[index]
-                out.append((size - 1) * s - 2 * p + d * (k - 1) + g["output_padding"][i] + 1)  # type: ignore[index,operator]
+                p = _at(g, "padding", i)
+                out.append((size - 1) * s - 2 * p + d * (k - 1) + _at(g, "output_padding", i) + 1)
             elif g["padding"] == "same":
                 out.append(size)
             else:
-                p = 0 if g["padding"] == "valid" else g["padding"][i]  # type: ignore[index]
+                p = 0 if g["padding"] == "valid" else _at(g, "padding", i)
                 out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
         return out
 

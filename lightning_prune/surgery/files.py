@@ -66,9 +66,7 @@ def save_pruned(
     if not overwrite:
         for p in (weights_path, plan_path):
             if p.exists():
-                raise FileExistsError(
-                    f"{p} exists; choose another path or pass overwrite=True."
-                )
+                raise FileExistsError(f"{p} exists; choose another path or pass overwrite=True.")
     plan = plan if plan is not None else channel_plan(model)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

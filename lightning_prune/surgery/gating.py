@@ -8,6 +8,8 @@ activations. Any other layer gets a forward hook.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,7 @@ class SiteGate(nn.Module):
             self.register_buffer(f"idx{i}", buf, persistent=False)
 
     def forward(self) -> torch.Tensor:
-        parts = []
+        parts: list[torch.Tensor | None] = []
         ref: torch.Tensor | None = None
         for i, gate in enumerate(self._gates):
             if gate is None:
@@ -44,7 +46,7 @@ class SiteGate(nn.Module):
             parts.append(values if idx is None else values[idx])
         assert ref is not None
         if len(parts) == 1:
-            return parts[0]  # type: ignore[return-value]
+            return cast(torch.Tensor, parts[0])  # its gate is set: ``ref`` is not None
         full = [p if p is not None else ref.new_ones(w) for p, w in zip(parts, self._widths)]
         return torch.cat(full)
 
@@ -138,7 +140,8 @@ def prepare_root(model: nn.Module) -> None:
 
 def restore_root(model: nn.Module) -> None:
     """Undo :func:`prepare_root`."""
-    if type(model) is GatedSequential:
+    root_cls: type[nn.Module] = type(model)  # compared via a local: no narrowing of ``model``
+    if root_cls is GatedSequential:
         model.__class__ = nn.Sequential
 
 

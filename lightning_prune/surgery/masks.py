@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -119,6 +120,6 @@ def to_constant(module: torch.nn.Module) -> torch.nn.Module:
     from lightning_prune.surgery.constant import ConstantLayer
 
     bias = getattr(module, "bias", None)
-    n = module.out_channels if hasattr(module, "out_channels") else module.out_features
+    n = cast(int, module.out_channels if hasattr(module, "out_channels") else module.out_features)
     value = bias.detach() if bias is not None else torch.zeros(int(n))
     return ConstantLayer.like(module, value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ def _slice_conv(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
     cin, cout = conv.in_channels, conv.out_channels
     new_in = cin if in_idx is None else len(in_idx)
     new_out = cout if out_idx is None else len(out_idx)
-    w = conv.weight
+    w: torch.Tensor | None = conv.weight
     if g == 1:
         if conv.transposed:
             w = _take(_take(w, 0, in_idx), 1, out_idx)
@@ -109,6 +110,6 @@ def zero_channels(module: nn.Module, out_idx: torch.Tensor) -> None:
         if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.groups == 1:
             module.weight[:, out_idx] = 0
         elif getattr(module, "weight", None) is not None:
-            module.weight[out_idx] = 0
+            cast(torch.Tensor, module.weight)[out_idx] = 0
         if getattr(module, "bias", None) is not None:
-            module.bias[out_idx] = 0
+            cast(torch.Tensor, module.bias)[out_idx] = 0

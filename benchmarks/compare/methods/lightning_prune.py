@@ -19,6 +19,10 @@ Settings for a short structure phase (a few hundred steps; see benchmarks/README
   are tuned for runs of thousands of steps.
 * sigmoid temperature fixed at 5 for the first ``anneal_from`` of the phase, then a cubic
   ramp to 30, so the gates first move, then harden (collapse then changes little).
+* per gate family, the profile's ``gate_settings`` may change these: the cpu profile gives
+  hard-concrete gates ``gate_lr`` 0.3, gains 5 / 0.2 and a magnitude-seeded start
+  (``gate_init``), so that they close during the 79-step phase instead of leaving every
+  decision to the final budget snap.
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ def gated_module(
     gate: str,
     penalty: SparsityPenalty,
     gate_kwargs: dict[str, Any] | None = None,
+    gate_init: str | None = None,
 ) -> ClassificationModule | SegmentationModule:
     """The task's ready module around a copy of the dense network, set up for structure
     learning: Adam (``structure_lr``) with a cosine schedule per step, ``gate`` gates with
-    their own learning rate (``gate_lr``), and ``penalty``."""
-    task, p = ctx.task, ctx.profile
+    their own learning rate (``gate_lr``) seeded by ``gate_init``, and ``penalty``; settings
+    from the profile's ``gate_settings[gate]`` where given."""
+    task, p = ctx.task, ctx.profile.for_gate(gate)
     adam = functools.partial(torch.optim.Adam, lr=p.structure_lr, weight_decay=p.weight_decay)
     kwargs: dict[str, Any] = {
         "num_classes": task.num_classes,
@@ -69,6 +75,8 @@ def gated_module(
         "gate": gate,
         "penalty": penalty,
         "gate_lr": p.gate_lr,
+        "gate_init": gate_init,
+        "gate_init_spread": p.gate_init_spread,
     }
     if gate_kwargs is not None:
         kwargs["gate_kwargs"] = gate_kwargs
@@ -94,11 +102,11 @@ def collapse_and_finetune(
 
 def run(ctx: Context, target: float | None, gate: str) -> Outcome:
     assert target is not None
-    task, p = ctx.task, ctx.profile
+    task, p = ctx.task, ctx.profile.for_gate(gate)
     controller = PIController(
         target=1.0 - target, kind="flops", kp=p.controller_kp, ki=p.controller_ki
     )
-    module = gated_module(ctx, gate, SparsityPenalty(controller=controller))
+    module = gated_module(ctx, gate, SparsityPenalty(controller=controller), gate_init=p.gate_init)
     probe = _Probe()
     collapse = NetworkCollapse(save=False, latency_repeats=0, verify=True)
     callbacks: list[Any] = [probe, collapse]
@@ -116,6 +124,9 @@ def run(ctx: Context, target: float | None, gate: str) -> Outcome:
     prune_s += collapse_s
     info = {
         "gate": gate,
+        "gate_init": p.gate_init,
+        "gate_lr": p.gate_lr,
+        "controller_gains": [p.controller_kp, p.controller_ki],
         "controller_target_ratio": controller.target,
         "ratio_before_snap": probe.ratio_before_snap,
         "snapped_units": controller.snapped,

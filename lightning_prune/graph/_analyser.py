@@ -1,0 +1,138 @@
+"""The channel analyser: walks the graph and dispatches each node to its ``_op_<kind>`` handler.
+
+:class:`_Analyser` adds the handlers of graph inputs and outputs, unknown and pointwise
+operations, and the weight-carrying modules (conv, linear, norm) to the tensor-operation
+handlers it inherits from :class:`~._tensor_ops._TensorOps`.
+"""
+
+from __future__ import annotations
+
+from lightning_prune.graph._tensor_ops import _TensorOps
+from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, _Val
+from lightning_prune.graph.ir import OpNode
+
+
+class _Analyser(_TensorOps):
+    """The full analyser: graph walk plus input/output/unknown/pointwise/module handlers."""
+
+    def run(self) -> None:
+        for node in self.graph.nodes:
+            if node.kind != "reduce" and any(i in self.stacked for i in node.inputs if i):
+                self._unknown(node)
+                continue
+            opaque = node.kind not in ("input", "output", "ignore", "conv", "linear", "norm")
+            if opaque and node.scope and self._excluded(node.scope):
+                self._unknown(node, _EXCLUDED)
+                continue
+            handler = getattr(self, f"_op_{node.kind}", None)
+            if handler is None:  # pragma: no cover - every kind has a handler
+                raise RuntimeError(f"no handler for {node.kind}")
+            handler(node)
+        # modules whose output goes anywhere but a norm need their own gate site
+        for node in self.graph.nodes:
+            if node.kind in ("conv", "linear") and node.module in self.modules:
+                users = self.users.get(node.name, [])
+                if len(users) != 1 or users[0].kind != "norm":
+                    self.modules[node.module].feeds_norm_only = False
+
+    def _op_input(self, node: OpNode) -> None:
+        self.vals[node.name] = self._fresh(node.shape, "model input")
+
+    def _op_output(self, node: OpNode) -> None:
+        self._pin_inputs(node, _OUTPUT)
+
+    def _op_unknown(self, node: OpNode) -> None:
+        if not any(self._val(i) or isinstance(self.vals.get(i or ""), list) for i in node.inputs):
+            self.vals[node.name] = self._fresh(node.shape, None)
+            return
+        self._unknown(node)
+
+    def _op_pointwise(self, node: OpNode) -> None:
+        v = self._val(node.inputs[0] if node.inputs else None)
+        if v is None or not isinstance(node.shape, tuple) or len(node.shape) < 2:
+            self._unknown(node) if v is not None else self._op_ignore(node)
+            return
+        if node.shape[1] != len(v.elems):
+            self._unknown(node)
+            return
+        taint: list[str | None] = (
+            v.taint if node.attrs.get("zero_preserving", True) else [node.where] * len(v.elems)
+        )
+        self.vals[node.name] = _Val(v.elems, taint)
+
+    def _op_conv(self, node: OpNode) -> None:
+        v = self._val(node.inputs[0])
+        path = node.module or node.name
+        a = node.attrs
+        if v is None or len(v.elems) != a["in_channels"]:
+            return self._unknown(node)
+        excluded = self._excluded(path)
+        groups = a.get("groups", 1)
+        cin, cout = a["in_channels"], a["out_channels"]
+        if groups > 1 and not excluded and cin % groups == 0 and cout % groups == 0:
+            return self._grouped(node, v, path, groups)
+        m = self._register(path, "conv", node.where.split(" ")[0])
+        if m.outputs is None:
+            m.outputs = self.uf.new(cout)
+        if groups > 1 or excluded:
+            reason = _EXCLUDED if excluded else f"grouped convolution (groups={groups}) `{path}`"
+            self.uf.pin(v.elems, reason)
+            self.uf.pin(m.outputs, reason)
+        m.inputs = self._merge(m.inputs, v.elems)
+        self._consumer_taint(node, v)
+        self.vals[node.name] = _Val(m.outputs, [None] * len(m.outputs))
+        return None
+
+    def _grouped(self, node: OpNode, v: _Val, path: str, groups: int) -> None:
+        """Grouped / depthwise conv: input block b and output block b form one unit."""
+        a = node.attrs
+        m = self._register(path, "grouped", node.where.split(" ")[0])
+        if m.outputs is None:
+            m.outputs = self.uf.new(a["out_channels"])
+        m.inputs = self._merge(m.inputs, v.elems)
+        wi, wo = a["in_channels"] // groups, a["out_channels"] // groups
+        bias = f"bias of grouped conv `{path}`" if a.get("bias") else None
+        taint: list[str | None] = []
+        for b in range(groups):
+            block = m.inputs[b * wi : (b + 1) * wi] + m.outputs[b * wo : (b + 1) * wo]
+            for e in block[1:]:
+                self.uf.union(block[0], e)
+            t = next((t for t in v.taint[b * wi : (b + 1) * wi] if t), None) or bias
+            taint.extend([t] * wo)
+        self.vals[node.name] = _Val(m.outputs, taint)
+
+    def _consumer_taint(self, node: OpNode, v: _Val) -> bool:
+        bad = [(e, t) for e, t in zip(v.elems, v.taint) if t]
+        for e, t in bad:
+            self.uf.pin([e], f"{t} (not zero-preserving, consumed by `{node.module}`)")
+        return not bad
+
+    def _op_linear(self, node: OpNode) -> None:
+        v = self._val(node.inputs[0])
+        shape = node.shape
+        if v is None or not isinstance(shape, tuple) or len(shape) != 2:
+            return self._unknown(node)
+        if len(v.elems) != node.attrs["in_channels"]:
+            return self._unknown(node)
+        self._op_conv(node)
+        return None
+
+    def _op_norm(self, node: OpNode) -> None:
+        v = self._val(node.inputs[0])
+        path = node.module or node.name
+        if v is None:
+            return self._unknown(node)
+        if self._excluded(path):
+            self.uf.pin(v.elems, _EXCLUDED)
+        m = self._register(path, "norm", node.where.split(" ")[0])
+        m.inputs = self._merge(m.inputs, v.elems)
+        groups = node.attrs.get("num_groups")
+        if groups:
+            size = len(v.elems) // groups
+            for g in range(groups):
+                for e in m.inputs[g * size + 1 : (g + 1) * size]:
+                    self.uf.union(m.inputs[g * size], e)
+        # a norm is a gate site: its output is zero on closed channels whatever came in
+        out = _Val(m.inputs, [None] * len(m.inputs))
+        self.vals[node.name] = [out, None, None] if isinstance(node.shape, list) else out
+        return None
