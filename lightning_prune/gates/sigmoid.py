@@ -23,6 +23,11 @@ class SigmoidGate(ChannelGate):
         temperature: initial slope ``k``.
         threshold: keep-probability threshold for the hard mask.
         init_logit: initial value of every logit ``s_c``.
+        straight_through: in training, apply the hard 0/1 mask in the forward pass and the
+            sigmoid's gradient in the backward pass (straight-through estimator), so the network
+            trains on exactly the structure collapse will keep. Off by default (the paper's
+            soft gate); helps when the structure phase is too short for annealing to make the
+            gates binary.
 
     Example:
         >>> gate = SigmoidGate(4, temperature=5.0)
@@ -38,13 +43,22 @@ class SigmoidGate(ChannelGate):
         temperature: float = 5.0,
         threshold: float = 0.5,
         init_logit: float = 1.0,
+        straight_through: bool = False,
     ) -> None:
         super().__init__(num_channels, temperature=temperature, threshold=threshold)
         self.logits = nn.Parameter(torch.full((num_channels,), float(init_logit)))
+        self.straight_through = bool(straight_through)
 
     def probabilities(self) -> torch.Tensor:
         """``sigmoid(k * s)``."""
         return torch.sigmoid(self.temperature * self.logits)
+
+    def _soft_values(self) -> torch.Tensor:
+        probs = self.probabilities()
+        if not self.straight_through:
+            return probs
+        hard = self._keep_min(probs.detach() > self.threshold, probs).to(probs.dtype)
+        return hard + probs - probs.detach()
 
     def set_probabilities(self, probs: torch.Tensor) -> None:
         """``s = logit(p) / k``."""

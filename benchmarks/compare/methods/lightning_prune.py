@@ -106,7 +106,13 @@ def run(ctx: Context, target: float | None, gate: str) -> Outcome:
     controller = PIController(
         target=1.0 - target, kind="flops", kp=p.controller_kp, ki=p.controller_ki
     )
-    module = gated_module(ctx, gate, SparsityPenalty(controller=controller), gate_init=p.gate_init)
+    module = gated_module(
+        ctx,
+        gate,
+        SparsityPenalty(controller=controller),
+        gate_kwargs=p.gate_kwargs or None,
+        gate_init=p.gate_init,
+    )
     probe = _Probe()
     collapse = NetworkCollapse(save=False, latency_repeats=0, verify=True)
     callbacks: list[Any] = [probe, collapse]
@@ -126,6 +132,7 @@ def run(ctx: Context, target: float | None, gate: str) -> Outcome:
         "gate": gate,
         "gate_init": p.gate_init,
         "gate_lr": p.gate_lr,
+        "gate_kwargs": p.gate_kwargs,
         "controller_gains": [p.controller_kp, p.controller_ki],
         "controller_target_ratio": controller.target,
         "ratio_before_snap": probe.ratio_before_snap,
