@@ -69,11 +69,13 @@ def test_both_methods_run_and_report_kept_multiply_adds(tmp_path):
     ctx = Context(task, Runner(root=str(tmp_path)), net.state_dict(), 0)
     ctx.dense_flops = describe_model(net, task.example(1))["flops"]
     dense_params = lp.count_params(net)
+    net_folded = lp.fold_batchnorm(net, task.example(1))
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for method, target in (("dpp_feature", 0.5), ("dpp_weight_2to4", None)):
-            rows.append(run_row(ctx, method, target, net, dense_params, profile, "tiny"))
+            row = run_row(ctx, method, target, net, net_folded, dense_params, profile, "tiny")
+            rows.append(row)
     feature, weight = rows
     assert feature["status"] == weight["status"] == "ok", (feature["status"], weight["status"])
     assert feature["physically_smaller"] and abs(feature["flops_removed"] - 0.5) < 0.03

@@ -182,11 +182,15 @@ def run_row(
     method: str,
     target: float | None,
     reference: torch.nn.Module,
+    reference_folded: torch.nn.Module,
     dense_params: int,
     profile: Profile,
     data: str,
 ) -> dict[str, Any]:
-    """Run one (method, target) and measure its network like every other."""
+    """Run one (method, target) and measure its network like every other.
+
+    ``reference_folded`` is ``lp.fold_batchnorm(reference)``, folded once per task.
+    """
     task = ctx.task
     spec = METHODS[method]
     row: dict[str, Any] = {
@@ -224,7 +228,7 @@ def run_row(
         folded = lp.fold_batchnorm(net, example)
         folded_latency = paired_latency(
             folded,
-            folded if spec.family == "dense" else lp.fold_batchnorm(reference, example),
+            folded if spec.family == "dense" else reference_folded,
             example,
             [big],
             profile.latency_rounds,
@@ -329,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         reference.load_state_dict(state)
         reference.eval()
         example = setup.example(1)
+        reference_folded = lp.fold_batchnorm(reference, example)
         dense_sizes = describe_model(reference, example)
         ctx = Context(setup, runner, state, dense_sizes["flops"])
         for row in rows:  # resumed: model_pruning needs tp_magnitude's channel ratios
@@ -358,7 +363,16 @@ def main(argv: list[str] | None = None) -> int:
                     _log(f"{task_name}: {method} @ {target}: kept from the previous run")
                     continue
                 _log(f"{task_name}: {method} @ {target} ...")
-                row = run_row(ctx, method, target, reference, dense_sizes["params"], profile, data)
+                row = run_row(
+                    ctx,
+                    method,
+                    target,
+                    reference,
+                    reference_folded,
+                    dense_sizes["params"],
+                    profile,
+                    data,
+                )
                 rows.append(row)
                 summary = (
                     f"{row['metric']} {row['score']:.4f}, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,25 @@ def _largest_batch(rows: Sequence[Mapping[str, Any]]) -> int | None:
     return max(batches, default=None)
 
 
+def _efficiency_floor(
+    rows: Sequence[Mapping[str, Any]],
+    key: str,
+    floor: str,
+    missing: str,
+    suffix: Callable[[list[Mapping[str, Any]]], str],
+) -> dict[str, Any]:
+    """The speedup / FLOPs-ratio floor on ``rows[key]``: the worst row decides."""
+    eff = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+    if not eff:
+        return {"floor": floor, "result": _verdict(None), "measured": missing}
+    worst = min(eff, key=lambda r: r[key])
+    detail = (
+        f"min speedup / FLOPs ratio = {worst[key]:.2f} ({worst['task']} {worst['method']} "
+        f"at {worst['target']:.0%})" + suffix(eff)
+    )
+    return {"floor": floor, "result": _verdict(worst[key] >= FLOOR_EFFICIENCY), "measured": detail}
+
+
 def floors(rows: Sequence[Mapping[str, Any]], batch: int | None = None) -> list[dict[str, Any]]:
     """Check the cpu-profile floors on the measured rows (classification for accuracy floors).
 
@@ -155,42 +174,23 @@ def floors(rows: Sequence[Mapping[str, Any]], batch: int | None = None) -> list[
             "measured": detail,
         }
     )
-    key = f"efficiency_b{batch}"
-    eff = [r for r in lp_rows if r.get(key) is not None and math.isfinite(r[key])]
-    if eff:
-        worst = min(eff, key=lambda r: r[key])
-        passed = worst[key] >= FLOOR_EFFICIENCY
-        detail = (
-            f"min speedup / FLOPs ratio = {worst[key]:.2f} ({worst['task']} {worst['method']} "
-            f"at {worst['target']:.0%}); batch 1 min = "
-            f"{min(r.get('efficiency_b1', math.nan) for r in eff):.2f}"
-        )
-    else:
-        passed, detail = None, "no latency measured"
     checks.append(
-        {
-            "floor": f"collapsed speedup >= 0.6 x FLOPs ratio (batch {batch})",
-            "result": _verdict(passed),
-            "measured": detail,
-        }
+        _efficiency_floor(
+            lp_rows,
+            f"efficiency_b{batch}",
+            f"collapsed speedup >= 0.6 x FLOPs ratio (batch {batch})",
+            "no latency measured",
+            lambda eff: f"; batch 1 min = {min(r.get('efficiency_b1', math.nan) for r in eff):.2f}",
+        )
     )
-    key = f"folded_efficiency_b{batch}"
-    eff = [r for r in lp_rows if r.get(key) is not None and math.isfinite(r[key])]
-    if eff:
-        worst = min(eff, key=lambda r: r[key])
-        passed = worst[key] >= FLOOR_EFFICIENCY
-        detail = (
-            f"min speedup / FLOPs ratio = {worst[key]:.2f} ({worst['task']} {worst['method']} "
-            f"at {worst['target']:.0%}), dense and collapsed both folded"
-        )
-    else:
-        passed, detail = None, "no folded latency measured"
     checks.append(
-        {
-            "floor": f"... with BatchNorm folded (lp.fold_batchnorm, batch {batch})",
-            "result": _verdict(passed),
-            "measured": detail,
-        }
+        _efficiency_floor(
+            lp_rows,
+            f"folded_efficiency_b{batch}",
+            f"... with BatchNorm folded (lp.fold_batchnorm, batch {batch})",
+            "no folded latency measured",
+            lambda eff: ", dense and collapsed both folded",
+        )
     )
     return checks
 

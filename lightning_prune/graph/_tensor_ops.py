@@ -72,16 +72,10 @@ class _TensorOps(_AnalyserBase):
             taint = [t for v in vals for t in v.taint]
             self.vals[node.name] = _Val(elems, taint)
             return None
-        first = vals[0]
-        for v in vals[1:]:
-            if len(v.elems) != len(first.elems):
-                return self._unknown(node)
-            for x, y in zip(first.elems, v.elems):
-                self.uf.union(x, y)
-        taint = [
-            next((v.taint[i] for v in vals if v.taint[i]), None) for i in range(len(first.elems))
-        ]
-        self.vals[node.name] = _Val(first.elems, taint)
+        merged = self._tie_inputs(vals)
+        if merged is None:
+            return self._unknown(node)
+        self.vals[node.name] = merged
         return None
 
     def _op_stack(self, node: OpNode) -> None:
@@ -90,18 +84,25 @@ class _TensorOps(_AnalyserBase):
         vals = [v for v in found if v is not None]
         if len(vals) < len(found) or _norm_dim(int(node.attrs["dim"]), 5) != 0:
             return self._unknown(node)
+        merged = self._tie_inputs(vals)
+        if merged is None:
+            return self._unknown(node)
+        self.stacked.add(node.name)
+        self.vals[node.name] = merged
+        return None
+
+    def _tie_inputs(self, vals: list[_Val]) -> _Val | None:
+        """Tie equally wide inputs channel by channel (``None`` when the widths differ)."""
         first = vals[0]
+        if any(len(v.elems) != len(first.elems) for v in vals[1:]):
+            return None
         for v in vals[1:]:
-            if len(v.elems) != len(first.elems):
-                return self._unknown(node)
             for x, y in zip(first.elems, v.elems):
                 self.uf.union(x, y)
         taint = [
             next((v.taint[i] for v in vals if v.taint[i]), None) for i in range(len(first.elems))
         ]
-        self.stacked.add(node.name)
-        self.vals[node.name] = _Val(first.elems, taint)
-        return None
+        return _Val(first.elems, taint)
 
     def _op_reshape(self, node: OpNode) -> None:
         v = self._val(node.inputs[0] if node.inputs else None)
