@@ -256,10 +256,10 @@ class LightningPruneCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Save a checkpoint of the collapsed network next to the other checkpoints."""
-        from lightning_prune.module import _state
+        from lightning_prune.module import state as model_state
 
         model = self.model
-        if lp.is_augmented(model) or not _state.was_collapsed(model):
+        if lp.is_augmented(model) or not model_state.was_collapsed(model):
             return
         checkpoint = self.trainer.checkpoint_callback
         dirpath = getattr(checkpoint, "dirpath", None)

@@ -17,7 +17,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
-from lightning_prune.module import _state
+from lightning_prune.module import state as model_state
 from lightning_prune.profiling import format_table, measure_latency
 from lightning_prune.reporting.paths import run_directory
 
@@ -190,12 +190,12 @@ class NetworkCollapse(Callback):
 
     # --------------------------------------------------------------------------- helpers
     def _example(self, pl_module: nn.Module) -> tuple[torch.Tensor, ...]:
-        example = _state.example_inputs_of(pl_module, owner="NetworkCollapse")
+        example = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
         if self.latency_batch_size is not None:
             example = tuple(
                 t[:1].expand(self.latency_batch_size, *t.shape[1:]).contiguous() for t in example
             )
-        return _state.on_device(example, _state.model_device(pl_module))
+        return model_state.on_device(example, model_state.model_device(pl_module))
 
     def _measure(self, pl_module: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, float]:
         out = {
@@ -266,8 +266,8 @@ class NetworkCollapse(Callback):
         }
         before = float(lp.count_params(pl_module))
         lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
-        _state.record_collapse(pl_module)
-        _state.reaugment(pl_module, masks, saved)
+        model_state.record_collapse(pl_module)
+        model_state.reaugment(pl_module, masks, saved)
         rebuild_optimizers(trainer)
         after = float(lp.count_params(pl_module))
         metrics = {
@@ -298,7 +298,7 @@ class NetworkCollapse(Callback):
         example = self._example(pl_module)
         before = self._measure(pl_module, example)
         lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
-        plan = _state.record_collapse(pl_module)
+        plan = model_state.record_collapse(pl_module)
         after = self._measure(pl_module, example)
         self.summary = {f"prune/collapse/{k}_before": v for k, v in before.items()}
         self.summary.update({f"prune/collapse/{k}_after": v for k, v in after.items()})
@@ -320,7 +320,7 @@ class NetworkCollapse(Callback):
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint.setdefault(_state.CHECKPOINT_KEY, _state.checkpoint_state(pl_module))
+        checkpoint.setdefault(model_state.CHECKPOINT_KEY, model_state.checkpoint_state(pl_module))
 
     @override
     def state_dict(self) -> dict[str, Any]:

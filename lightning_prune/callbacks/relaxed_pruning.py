@@ -18,9 +18,10 @@ from lightning_prune.callbacks.collapse import NetworkCollapse
 from lightning_prune.callbacks.monitor import SparsityMonitor
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
 from lightning_prune.controller import PIController
-from lightning_prune.module import _optim, _state
-from lightning_prune.module._step import PenaltyApplier, finish_penalty
+from lightning_prune.module import optim as gate_optim
+from lightning_prune.module import state as model_state
 from lightning_prune.module.mixin import PrunableMixin
+from lightning_prune.module.step import PenaltyApplier, finish_penalty
 from lightning_prune.penalties import SparsityPenalty
 
 __all__ = ["RelaxedPruning"]
@@ -178,7 +179,7 @@ class RelaxedPruning(Callback):
         input_key: int | str | None = None,
     ) -> None:
         try:
-            self.gate_setup = _state.GateSetup(
+            self.gate_setup = model_state.GateSetup(
                 gate, dict(gate_kwargs or {}), tuple(exclude), gate_init, gate_init_spread
             )
         except KeyError as err:
@@ -231,7 +232,7 @@ class RelaxedPruning(Callback):
         configured = original(*args, **kwargs)
         if self.separate_gate_group:
             module = _owner(original)
-            moved = _optim.isolate_gate_parameters(
+            moved = gate_optim.isolate_gate_parameters(
                 configured, module, self.gate_lr, self.gate_weight_decay
             )
             if moved:
@@ -244,13 +245,13 @@ class RelaxedPruning(Callback):
         self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
     ) -> Any:
         result = original(checkpoint, *a, **k)
-        checkpoint[_state.CHECKPOINT_KEY] = _state.checkpoint_state(_owner(original))
+        checkpoint[model_state.CHECKPOINT_KEY] = model_state.checkpoint_state(_owner(original))
         return result
 
     def _around_on_load_checkpoint(
         self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
     ) -> Any:
-        _state.restore_structure(_owner(original), checkpoint.get(_state.CHECKPOINT_KEY))
+        model_state.restore_structure(_owner(original), checkpoint.get(model_state.CHECKPOINT_KEY))
         return original(checkpoint, *a, **k)
 
     def _around_configure_model(self, original: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -280,12 +281,12 @@ class RelaxedPruning(Callback):
         return default_example_inputs(batch, self.input_key)
 
     def _augment(self, pl_module: LightningModule) -> None:
-        if lp.is_augmented(pl_module) or _state.was_collapsed(pl_module):
+        if lp.is_augmented(pl_module) or model_state.was_collapsed(pl_module):
             return
         example = self._example
         if example is None:
-            example = _state.example_inputs_of(pl_module, owner="RelaxedPruning")
-        gates = _state.augment_module(pl_module, example, self.gate_setup)
+            example = model_state.example_inputs_of(pl_module, owner="RelaxedPruning")
+        gates = model_state.augment_module(pl_module, example, self.gate_setup)
         rank_zero_info(
             f"RelaxedPruning: {len(gates)} channel groups gated "
             f"({sum(g.num_channels for g in gates)} channels, {self.gate_setup.gate} gates)."

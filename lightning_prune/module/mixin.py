@@ -14,8 +14,9 @@ from lightning.pytorch import LightningModule
 import lightning_prune as lp
 from lightning_prune.dpp import restore_dpp_masks
 from lightning_prune.gates import ChannelGate
-from lightning_prune.module import _optim, _state
-from lightning_prune.module._step import PenaltyApplier, finish_penalty
+from lightning_prune.module import optim as gate_optim
+from lightning_prune.module import state as model_state
+from lightning_prune.module.step import PenaltyApplier, finish_penalty
 from lightning_prune.penalties import SparsityPenalty
 
 __all__ = ["PrunableMixin"]
@@ -63,7 +64,9 @@ def _wrap_configure_optimizers(fn: Callable) -> Callable:
         with _outermost(self, "configure_optimizers") as outer:
             configured = fn(self, *args, **kwargs)
         if outer and self.separate_gate_group:
-            _optim.isolate_gate_parameters(configured, self, self.gate_lr, self.gate_weight_decay)
+            gate_optim.isolate_gate_parameters(
+                configured, self, self.gate_lr, self.gate_weight_decay
+            )
         return configured
 
     return configure_optimizers
@@ -75,8 +78,8 @@ def _wrap_on_save_checkpoint(fn: Callable) -> Callable:
         with _outermost(self, "on_save_checkpoint") as outer:
             result = fn(self, checkpoint, *args, **kwargs)
         if outer:
-            checkpoint[_state.CHECKPOINT_KEY] = {
-                **_state.checkpoint_state(self),
+            checkpoint[model_state.CHECKPOINT_KEY] = {
+                **model_state.checkpoint_state(self),
                 "penalty": self.sparsity_penalty.state_dict(),
             }
         return result
@@ -91,8 +94,8 @@ def _wrap_on_load_checkpoint(fn: Callable) -> Callable:
             if outer:
                 # kernel/weight DPP masks saved with the weights: put them back first
                 restore_dpp_masks(self, checkpoint.get("state_dict") or {})
-                state = checkpoint.get(_state.CHECKPOINT_KEY)
-                _state.restore_structure(self, state)
+                state = checkpoint.get(model_state.CHECKPOINT_KEY)
+                model_state.restore_structure(self, state)
                 if state and state.get("penalty"):
                     self.sparsity_penalty.load_state_dict(state["penalty"])
             return fn(self, checkpoint, *args, **kwargs)
@@ -221,7 +224,7 @@ class PrunableMixin:
         [0.0005, 0.0]
     """
 
-    pruning_setup: _state.GateSetup
+    pruning_setup: model_state.GateSetup
     sparsity_penalty: SparsityPenalty
     separate_gate_group: bool
     gate_lr: float | None
@@ -291,7 +294,7 @@ class PrunableMixin:
         if gate_lr is not None and gate_lr < 0:
             raise ValueError(f"gate_lr must be >= 0, got {gate_lr}.")
         try:
-            setup = _state.GateSetup(
+            setup = model_state.GateSetup(
                 gate, dict(gate_kwargs or {}), tuple(exclude), gate_init, gate_init_spread
             )
         except KeyError as err:
@@ -325,10 +328,10 @@ class PrunableMixin:
             return []
         if lp.is_augmented(self):  # type: ignore[arg-type]
             return self.gates
-        if _state.was_collapsed(self):  # type: ignore[arg-type]
+        if model_state.was_collapsed(self):  # type: ignore[arg-type]
             return []
-        example = _state.example_inputs_of(self, owner="PrunableMixin")  # type: ignore[arg-type]
-        return _state.augment_module(self, example, self.pruning_setup)  # type: ignore[arg-type]
+        example = model_state.example_inputs_of(self, owner="PrunableMixin")  # type: ignore[arg-type]
+        return model_state.augment_module(self, example, self.pruning_setup)  # type: ignore[arg-type]
 
     def compute_sparsity_penalty(self, update_controller: bool = True) -> torch.Tensor:
         """The penalty now (terms logged); for manual optimization or custom loops."""
@@ -352,7 +355,7 @@ class PrunableMixin:
             return output
         if not self.pruning_setup.enabled:  # no gates: only gate-free terms (dpp_entropy)
             return self._lp_applier()(self, output)
-        if not lp.is_augmented(self) and not _state.was_collapsed(self):  # type: ignore[arg-type]
+        if not lp.is_augmented(self) and not model_state.was_collapsed(self):  # type: ignore[arg-type]
             raise lp.NotAugmentedError(
                 f"{type(self).__name__}.training_step ran before the gates were inserted: the "
                 "Trainer calls configure_model() first; outside a Trainer call "

@@ -14,9 +14,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from lightning_prune.module import _optim
-from lightning_prune.module._step import attached_trainer
+from lightning_prune.module import optim as gate_optim
 from lightning_prune.module.mixin import PrunableMixin
+from lightning_prune.module.step import attached_trainer
 from lightning_prune.penalties import SparsityPenalty
 
 __all__ = ["ClassificationModule", "PrunableModule", "SegmentationModule"]
@@ -214,7 +214,7 @@ class PrunableModule(PrunableMixin, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimizer over two param groups (network, gates) and the scheduler."""
-        groups = _optim.gate_param_groups(
+        groups = gate_optim.gate_param_groups(
             self,
             self.gate_lr,
             self.gate_weight_decay,
