@@ -28,6 +28,7 @@ from lightning_prune.errors import (
     UntraceableModelError,
 )
 from lightning_prune.graph import trace_channels
+from lightning_prune.schedule import PruningSchedule
 from lightning_prune.surgery import (
     GateGroup,
     apply_channel_plan,
@@ -83,6 +84,7 @@ __all__ = [
     "PrunableMixin",
     "PrunableModule",
     "PruningError",
+    "PruningSchedule",
     "SegmentationModule",
     "SparsityPenalty",
     "UntraceableModelError",

@@ -227,6 +227,8 @@ class GumbelTopKGate(ChannelGate):
     default_temperature_range = (5.0, 0.5)
     #: The paper anneals ``tau`` linearly (read by ``TemperatureAnnealing`` without a schedule).
     default_temperature_schedule = "linear"
+    #: Logits start equal; a few units apart separates the top-k from the rest.
+    decision_span = 4.0
     num_kept: torch.Tensor
     temperature: torch.Tensor
 

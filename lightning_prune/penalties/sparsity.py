@@ -20,7 +20,10 @@ from lightning_prune.penalties.context import PenaltyContext
 from lightning_prune.penalties.registry import GATELESS_FIX, _gateless_names
 from lightning_prune.penalties.term import PenaltyTerm
 
-__all__ = ["PenaltyResult", "SparsityPenalty"]
+__all__ = ["DEFAULT_TARGET", "PenaltyResult", "SparsityPenalty", "default_penalty"]
+
+#: The FLOPs ratio every entry point prunes towards when given nothing (half the FLOPs kept).
+DEFAULT_TARGET = 0.5
 
 
 @dataclass
@@ -97,6 +100,7 @@ class SparsityPenalty:
                 f"Penalty terms must have distinct keys, {duplicates} repeat; give each a 'key'."
             )
         self.controller = controller
+        self._relative_scale = 1.0
 
     def __call__(
         self, model: nn.Module, progress: float = 1.0, update_controller: bool = False
@@ -116,8 +120,11 @@ class SparsityPenalty:
         terms: dict[str, torch.Tensor] = {}
         extras: dict[str, float] = {}
         total: torch.Tensor | None = None
+        self._relative_scale = (
+            abs(self.controller.multiplier) if self.controller is not None else 1.0
+        )
         for term in self.terms:
-            weight = term.factor(progress)
+            weight = term.factor(progress) * (self._relative_scale if term.relative else 1.0)
             if weight == 0.0:  # ramp not started: skip the computation, log a zero
                 terms[term.key] = _zero_like_gates(ctx).detach()  # type: ignore[index]
                 continue
@@ -191,6 +198,33 @@ class SparsityPenalty:
     def __repr__(self) -> str:
         terms = ", ".join(f"{t.key}={t.weight:g}" for t in self.terms)
         return f"SparsityPenalty(terms=[{terms}], controller={self.controller!r})"
+
+
+def default_penalty(target: float | None = DEFAULT_TARGET) -> SparsityPenalty:
+    """The penalty every entry point uses unless given one.
+
+    ``target`` (a FLOPs ratio ``A / A_dense`` in ``(0, 1]``) is reached by an
+    :class:`~lightning_prune.controller.AdaptiveController` (its scale measured from the
+    gradients, its gains derived from the run's length), and a fence-sitter term (paper 1's
+    ejector, on each unit's distance from its threshold) ramps in over the last 40% of the
+    structure phase (the settle phase of the default
+    :class:`~lightning_prune.PruningSchedule`) with a weight relative to the controller's
+    multiplier, so that gates of every family end decided. ``None`` gives paper 1's open-loop
+    structure loss ``0.5 * |A / A_dense - 0|`` instead.
+
+    Example:
+        >>> default_penalty(0.3).controller.target
+        0.3
+    """
+    from lightning_prune.controller import AdaptiveController
+
+    if target is None:
+        return SparsityPenalty()
+    from lightning_prune.schedule import PruningSchedule
+
+    settle = (PruningSchedule.ramp, 1.0)  # the default schedule's settle phase
+    fence = PenaltyTerm("fence", weight=2.0, ramp=settle, relative=True)
+    return SparsityPenalty(terms=[fence], controller=AdaptiveController(target))
 
 
 def _zero_like_gates(ctx: PenaltyContext) -> torch.Tensor:

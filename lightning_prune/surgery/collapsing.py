@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -97,6 +98,7 @@ def collapse(
     inplace: bool = False,
     verify: bool = True,
     rtol: float = 1e-4,
+    verify_inputs: Sequence[torch.Tensor | tuple[torch.Tensor, ...]] = (),
 ) -> nn.Module:
     """Return the dense, smaller network equal to the gated ``model`` with hard masks.
 
@@ -114,6 +116,8 @@ def collapse(
             identity, e.g. LightningModules); otherwise ``model`` is left untouched.
         verify: check output equality (recommended; ``False`` skips two forward passes).
         rtol: tolerance of the check, relative to the largest output magnitude.
+        verify_inputs: more inputs to check on besides the stored example (each a tensor or
+            a tuple of tensors; e.g. a real training batch and a random one).
 
     Returns:
         The compact model, without gates, in the same train/eval mode as ``model``.
@@ -134,17 +138,21 @@ def collapse(
             if int(kept.sum()) > int(gate.hard_mask().sum()):
                 gate.set_mask(kept)
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    inputs = tuple(t.to(device) for t in state.example_inputs)
+    batches = [state.example_inputs, *verify_inputs] if verify else []
+    batches = [
+        tuple(t.to(device) for t in ((b,) if isinstance(b, torch.Tensor) else b)) for b in batches
+    ]
     work.eval()
     with torch.no_grad():
-        reference = work(*inputs) if verify else None
+        references = [work(*inputs) for inputs in batches]
     _strip(work)
     original = layer_signature(work)
     layers = _slice_all(work, state, masks)
     if verify:
         with torch.no_grad():
-            got = work(*inputs)
-        err = _compare(reference, got, rtol)
+            err = max(
+                _compare(ref, work(*inputs), rtol) for ref, inputs in zip(references, batches)
+            )
         if not err <= rtol:
             raise CollapseError(
                 f"Collapse of {type(model).__name__} changed its outputs (max error {err:.3g} "
