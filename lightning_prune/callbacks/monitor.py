@@ -11,9 +11,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 import lightning_prune as lp
-from lightning_prune.module import state as model_state
 from lightning_prune.dpp.apply import _mask_items
 from lightning_prune.dpp.diagnostics import mask_confidence, mask_diversity
+from lightning_prune.module import state as model_state
 
 __all__ = ["SparsityMonitor"]
 
