@@ -289,3 +289,16 @@ def test_a_bug_in_a_rule_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(OPS._by_module, nn.BatchNorm2d, bug)
     with pytest.raises(IndexError, match="rule bug"):
         lp.augment(Residual().eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_registered_leaves_cover_subclasses() -> None:
+    from lightning_prune.graph.frontend import is_leaf
+    from lightning_prune.surgery.constant import ConstantLayer
+    from lightning_prune.surgery.gating import SiteGate
+
+    assert is_leaf(lp.gates.SigmoidGate(4), "g", ())  # ChannelGate is registered
+    assert is_leaf(SiteGate([]), "s", ())  # registered by surgery, not imported by graph
+    assert is_leaf(ConstantLayer(torch.zeros(2), "linear", {}), "c", ())
+    assert is_leaf(Residual(), "r", ("r",))  # excluded
+    assert not is_leaf(Residual(), "r", ())
+    assert not is_leaf(nn.Sequential(), "s", ())

@@ -21,10 +21,11 @@ Example:
     >>> class Twice(nn.Module):
     ...     def forward(self, x):
     ...         return 2 * x
-    >>> @register_op(Twice, leaf=True)
+    >>> table = OpTable()  # the engine's own table is ``OPS`` (``register_op``)
+    >>> @table.register(Twice, leaf=True)
     ... def _twice(call: Call) -> Op:
     ...     return Op("pointwise", call.values()[:1], {"zero_preserving": True})
-    >>> OPS.module_rule(Twice()) is _twice, OPS.is_leaf_class(Twice)
+    >>> table.module_rule(Twice()) is _twice, table.is_leaf_class(Twice)
     (True, True)
 """
 
@@ -257,8 +258,8 @@ class OpTable:
 
     # ------------------------------------------------------------------------- lookup
     def is_leaf_class(self, cls: type) -> bool:
-        """Whether modules of exactly ``cls`` were registered as leaves."""
-        return cls in self._leaf_classes
+        """Whether ``cls`` (or a class it derives from) was registered as a leaf."""
+        return any(c in self._leaf_classes for c in cls.__mro__)
 
     def module_rule(self, module: nn.Module) -> Rule | None:
         """The rule for a call of ``module`` (looked up along its class's MRO)."""
