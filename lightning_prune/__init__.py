@@ -19,12 +19,14 @@ from lightning_prune.costs import (
     relaxed_cost,
 )
 from lightning_prune.errors import (
+    ArgumentError,
     CollapseError,
     ExampleInputError,
     NotAugmentedError,
     NothingToPruneError,
     PlanMismatchError,
     PruningError,
+    UnknownNameError,
     UntraceableModelError,
 )
 from lightning_prune.graph import trace_channels
@@ -73,6 +75,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ArgumentError",
     "ClassificationModule",
     "CollapseError",
     "DynamicProbabilisticPruning",
@@ -87,6 +90,7 @@ __all__ = [
     "PruningSchedule",
     "SegmentationModule",
     "SparsityPenalty",
+    "UnknownNameError",
     "UntraceableModelError",
     "__version__",
     "apply_channel_plan",

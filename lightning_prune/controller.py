@@ -519,8 +519,7 @@ class AdaptiveController(TargetController):
             if mean is None or square is None:
                 importance.append(None)
                 continue
-            noise = (square - mean * mean).clamp(min=0.0).sqrt()
-            importance.append((mean + noise).clamp(min=0.0))
+            importance.append(mean.clamp(min=0.0))
         tau = importance_threshold(model, importance, self.current_target, self.kind)
         if tau is not None:
             self.scale = tau

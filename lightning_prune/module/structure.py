@@ -361,6 +361,10 @@ class StructureLearning:
         with torch.no_grad():
             decided = [g.decided(tolerance).cpu() for g in gates]
             before = [g.hard_mask().cpu() for g in gates]
+        dense = lp.dense_cost(module)
+        with torch.no_grad():
+            relaxed_before = float(lp.relaxed_cost(module)) / dense if dense else 1.0
+        hard_before = float(lp.hard_cost(module)) / dense if dense else 1.0
         controller = self.penalty.controller
         if controller is not None:
             controller.current_target = controller.target
@@ -373,7 +377,6 @@ class StructureLearning:
         undecided = sum(int((~d).sum()) for d in decided)
         for gate in gates:
             gate.freeze()
-        dense = lp.dense_cost(module)
         self.outcome = {
             "step": int(getattr(trainer, "global_step", 0)),
             "units": units,
@@ -382,6 +385,8 @@ class StructureLearning:
             "snapped_units": flipped,
             "snap_share": by_snap / units if units else 0.0,
             "max_snap_share": limit,
+            "relaxed_flops_ratio_before_snap": relaxed_before,
+            "flops_ratio_before_snap": hard_before,
             "flops_ratio": float(lp.hard_cost(module)) / dense if dense else 1.0,
             "target": controller.target if controller is not None else None,
         }

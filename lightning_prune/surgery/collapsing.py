@@ -63,16 +63,24 @@ def _compare(ref: Any, got: Any, rtol: float) -> float:
     return worst
 
 
+def _reads_dead(in_flat: torch.Tensor | None, kept: torch.Tensor, dead: torch.Tensor) -> bool:
+    """Whether every kept input channel of a layer is dead (it then computes a constant)."""
+    if in_flat is None or not len(in_flat):
+        return False
+    return bool(dead[in_flat][kept[in_flat]].all())
+
+
 def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> dict[str, Any]:
     layers: dict[str, Any] = {}
     kept, dead, _ = masks.flat()
     for path, (in_flat, out_flat) in spec_indices(state).items():
         out_idx, out_dead = _kept(out_flat, kept, dead)
         in_idx = None if in_flat is None else _kept(in_flat, kept, dead)[0]
-        if len(out_idx) == len(out_flat) and (
+        unchanged = len(out_idx) == len(out_flat) and (
             in_idx is None or in_flat is None or len(in_idx) == len(in_flat)
-        ):
-            continue
+        )
+        if unchanged and not len(out_dead) and not _reads_dead(in_flat, kept, dead):
+            continue  # a dead channel (a closed unit kept for width) changes the layer too
         module = model.get_submodule(path)
         entry = get_slicer(module)(module, in_idx, out_idx)
         if len(out_dead):
@@ -82,6 +90,21 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
             layers[path]["constant"] = True
             replace_module(model, path, to_constant(module))
     return layers
+
+
+def _run_compact(work: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> Any:
+    """The compact model's outputs; a compact model that cannot run is refused."""
+    try:
+        with torch.no_grad():
+            return work(*inputs)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CollapseError(
+            f"Collapse of {name} produced a model that cannot run ({type(err).__name__}: "
+            f"{first}); the model was not modified. An operation between the gates and their "
+            "consumers reads channels the engine removed; please report it with the model, or "
+            "pass its module path in `exclude=` when augmenting."
+        ) from err
 
 
 def _strip(model: nn.Module) -> None:
@@ -138,9 +161,9 @@ def collapse(
             if int(kept.sum()) > int(gate.hard_mask().sum()):
                 gate.set_mask(kept)
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    batches = [state.example_inputs, *verify_inputs] if verify else []
+    given = [state.example_inputs, *verify_inputs] if verify else []
     batches = [
-        tuple(t.to(device) for t in ((b,) if isinstance(b, torch.Tensor) else b)) for b in batches
+        tuple(t.to(device) for t in ((b,) if isinstance(b, torch.Tensor) else b)) for b in given
     ]
     work.eval()
     with torch.no_grad():
@@ -149,10 +172,10 @@ def collapse(
     original = layer_signature(work)
     layers = _slice_all(work, state, masks)
     if verify:
-        with torch.no_grad():
-            err = max(
-                _compare(ref, work(*inputs), rtol) for ref, inputs in zip(references, batches)
-            )
+        err = max(
+            _compare(ref, _run_compact(work, inputs, type(model).__name__), rtol)
+            for ref, inputs in zip(references, batches)
+        )
         if not err <= rtol:
             raise CollapseError(
                 f"Collapse of {type(model).__name__} changed its outputs (max error {err:.3g} "

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.gates.base import ChannelGate
+from lightning_prune.graph.ops import Call, Op, register_op
 
 SITE_ATTR = "lp_site"
 
@@ -49,6 +50,12 @@ class SiteGate(nn.Module):
             return cast(torch.Tensor, parts[0])  # its gate is set: ``ref`` is not None
         full = [p if p is not None else ref.new_ones(w) for p, w in zip(parts, self._widths)]
         return torch.cat(full)
+
+
+@register_op(SiteGate, leaf=True)
+def _site_gate(call: Call) -> Op:
+    """A site's gate vector, called inside a traced augmented model: reads no activations."""
+    return Op("ignore")
 
 
 def _broadcast(values: torch.Tensor, ndim: int) -> torch.Tensor:
