@@ -11,6 +11,7 @@ The Lightning layer (``PrunableMixin``, ``lightning_prune.callbacks``) and the C
 """
 
 from lightning_prune import gates
+from lightning_prune.budget import AdaptiveController  # registers the default controller
 from lightning_prune.costs import (
     count_flops,
     count_params,
@@ -75,6 +76,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AdaptiveController",
     "ArgumentError",
     "ClassificationModule",
     "CollapseError",

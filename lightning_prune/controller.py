@@ -35,14 +35,11 @@ from lightning_prune._registry import Registry
 
 __all__ = [
     "CONTROLLERS",
-    "AdaptiveController",
     "LagrangeController",
     "PIController",
     "TargetController",
     "get_controller",
-    "importance_threshold",
     "lagrange_update",
-    "log_pi_update",
     "pi_update",
     "snap_to_budget",
 ]
@@ -96,29 +93,6 @@ def pi_update(
     saturated = (raw > high and error > 0) or (raw < low and error < 0)
     new_integral = integral if saturated else candidate
     return _clip(kp * error + ki * new_integral, low, high), new_integral
-
-
-def log_pi_update(
-    integral: float, error: float, kp: float, ki: float, low: float, high: float
-) -> tuple[float, float]:
-    """One step of a PI controller acting on ``log(lambda)``: the multiplier is multiplicative.
-
-    ``I = clip(I + ki * e, low, high)`` and ``log(lambda / scale) = kp * e + I``: the multiplier
-    moves by a *factor* per step, so it covers the orders of magnitude between networks and
-    losses in a bounded number of steps, and it never changes sign (a small multiplier lets the
-    task gradient re-open channels).
-
-    Returns:
-        ``(log(lambda / scale), new_integral)``.
-
-    Example:
-        >>> log_pi_update(0.0, 0.5, kp=2.0, ki=0.2, low=-10.0, high=5.0)
-        (1.1, 0.1)
-        >>> log_pi_update(4.95, 1.0, kp=2.0, ki=0.2, low=-10.0, high=5.0)  # clipped integral
-        (7.0, 5.0)
-    """
-    new_integral = _clip(integral + ki * error, low, high)
-    return kp * error + new_integral, new_integral
 
 
 class TargetController:
@@ -218,6 +192,13 @@ class TargetController:
                 task wants the unit open), ``None`` for a gate that saw no gradient.
             costs: per gate, the cost ratio's gradient on its keep-probabilities.
         """
+
+    def unit_penalty(self, values: list[torch.Tensor]) -> torch.Tensor | None:
+        """A penalty with one multiplier per unit on the gates' values, if any.
+
+        ``None`` (the default): :meth:`penalty` on the cost ratio is used instead.
+        """
+        return None
 
     @property
     def wants_observations(self) -> bool:
@@ -379,271 +360,6 @@ class PIController(TargetController):
         """Restore multiplier and integral."""
         super().load_state_dict(state)
         self.integral = float(state.get("integral", 0.0))
-
-
-@CONTROLLERS.register("adaptive")
-class AdaptiveController(TargetController):
-    """The default FLOPs / parameter target of every lightning_prune entry point: scale-free.
-
-    ``lambda = tau * sinh(kp * e + I)``, ``I += ki * e`` (:func:`log_pi_update`), with the
-    normalised error ``e = clip((measured - target) / error_scale, -1, 1)``; ``I`` starts at
-    ``asinh(1)`` (``lambda = tau``). ``sinh`` is exponential in either direction: the multiplier
-    moves by factors, and it turns negative (re-opening channels) when the network has been
-    pruned below the target for a while:
-
-    * ``tau`` is a *feed-forward* estimate, recomputed on every training step from the
-      gradients (:meth:`observe`): each unit's importance is its task pull (minus the loss
-      gradient on the gate's value, i.e. the first-order loss of closing the unit; smoothed
-      mean plus its noise, the RMS deviation) per unit of price (the cost ratio's gradient on
-      its keep-probability), and ``tau``
-      is the importance below which closing every unit would bring the relaxed cost to the
-      current target. At ``lambda = tau`` exactly the units the target asks for feel more cost
-      pressure than task pull, by more than the noise of that pull (so their gates move
-      steadily instead of diffusing), whatever the network, the loss and its scale, and ``tau``
-      follows the task as a trained network is pruned and its gradients grow;
-    * the feedback ``exp(kp * e + I)`` only corrects what that estimate misses (bounded by
-      ``integral_limits``), with ``ki`` derived from the length of the structure phase
-      (:meth:`configure`: ``ki = ki_per_phase / steps``); the integral rests while a schedule
-      ramps the target (the gates' lag behind a moving target is expected, not an error);
-    * without observations (the penalty used outside the Lightning layer) ``tau`` is 1.
-
-    Args:
-        target: the cost ratio to reach.
-        kind: ``"flops"`` or ``"params"``.
-        measure: ``"hard"`` (default) or ``"relaxed"`` ratio as the feedback signal.
-        kp: proportional gain on ``log(lambda)``.
-        ki: integral gain per step (``None``: ``ki_per_phase / structure steps``, or
-            ``ki_per_phase / 1000`` before :meth:`configure` is called).
-        ki_per_phase: see ``ki``.
-        initial_integral: starting value of ``I`` (``None``: ``asinh(1)``).
-        integral_limits: ``(low, high)`` clip of ``I``.
-        error_scale: the deviation of the measured ratio (e.g. 0.1: ten points of FLOPs)
-            at which the feedback acts at full strength.
-        smoothing: time constant of the importance estimates (an exponential moving average
-            of the task pull), as a fraction of the structure phase (20 steps before
-            :meth:`configure` is called).
-        snap_at_end: final budget snap (see :class:`TargetController`).
-        snap_tolerance: deviation accepted without snapping.
-
-    Example:
-        >>> c = AdaptiveController(target=0.5, ki=0.5)
-        >>> round(c.update(1.0), 4)  # measured 1.0, target 0.5: e = 1, sinh(2 + asinh(1) + 0.5)
-        14.6886
-    """
-
-    name = "adaptive"
-
-    def __init__(
-        self,
-        target: float,
-        kind: CostKind = "flops",
-        measure: Measure = "hard",
-        kp: float = 2.0,
-        ki: float | None = None,
-        ki_per_phase: float = 20.0,
-        initial_integral: float | None = None,
-        integral_limits: tuple[float, float] = (-4.0, 4.0),
-        error_scale: float = 0.1,
-        smoothing: float = 0.05,
-        snap_at_end: bool = True,
-        snap_tolerance: float = 0.005,
-    ) -> None:
-        super().__init__(target, kind, measure, 0.0, math.inf, snap_at_end, snap_tolerance)
-        if not error_scale > 0:
-            raise ValueError(f"error_scale must be positive, got {error_scale}.")
-        self.error_scale = float(error_scale)
-        low, high = (float(v) for v in integral_limits)
-        if initial_integral is None:
-            initial_integral = math.asinh(1.0)
-        if kp < 0 or (ki is not None and ki <= 0) or ki_per_phase <= 0:
-            raise ValueError(
-                f"Need kp >= 0, ki > 0 (or None) and ki_per_phase > 0; got kp={kp}, ki={ki}, "
-                f"ki_per_phase={ki_per_phase}."
-            )
-        if not low <= initial_integral <= high:
-            raise ValueError(
-                f"initial_integral ({initial_integral}) must lie within integral_limits "
-                f"({low}, {high})."
-            )
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}.")
-        self.kp = float(kp)
-        self.ki_given = ki
-        self.ki_per_phase = float(ki_per_phase)
-        self.ki = float(ki) if ki is not None else self.ki_per_phase / 1000.0
-        self.initial_integral = float(initial_integral)
-        self.integral_limits = (low, high)
-        self.integral = self.initial_integral
-        self.smoothing = float(smoothing)
-        self.smoothing_steps = 20.0
-        self.scale: float | None = None
-        self._log_factor = 0.0
-        self._pull: list[torch.Tensor | None] | None = None
-        self._pull_sq: list[torch.Tensor | None] | None = None
-
-    def configure(self, structure_steps: int) -> None:
-        """Derive ``ki`` (unless given) and the smoothing window from the phase's length."""
-        steps = max(int(structure_steps), 1)
-        if self.ki_given is None:
-            self.ki = self.ki_per_phase / steps
-        self.smoothing_steps = max(self.smoothing * steps, MIN_SMOOTHING_STEPS)
-
-    @property
-    def wants_observations(self) -> bool:
-        """Yes: ``tau`` is estimated from the gradients on every step."""
-        return True
-
-    def observe(
-        self,
-        model: torch.nn.Module,
-        pulls: list[torch.Tensor | None],
-        costs: list[torch.Tensor | None],
-    ) -> None:
-        """Update the importance estimates and ``tau`` (see the class docstring)."""
-        rate = 1.0 / self.smoothing_steps
-        # per step, the pull per unit of price
-        samples = [
-            None if p is None or c is None else _safe_ratio(p.detach().double(), c.detach())
-            for p, c in zip(pulls, costs)
-        ]
-        if self._pull is None or self._pull_sq is None or _shapes(self._pull) != _shapes(samples):
-            self._pull = [None if x is None else x.nan_to_num(0.0) for x in samples]
-            self._pull_sq = [None if x is None else x.nan_to_num(0.0) ** 2 for x in samples]
-        else:
-            self._pull = _ema(self._pull, samples, rate)
-            self._pull_sq = _ema(
-                self._pull_sq, [None if x is None else x * x for x in samples], rate
-            )
-        importance: list[torch.Tensor | None] = []
-        for mean, square in zip(self._pull, self._pull_sq):
-            if mean is None or square is None:
-                importance.append(None)
-                continue
-            importance.append(mean.clamp(min=0.0))
-        tau = importance_threshold(model, importance, self.current_target, self.kind)
-        if tau is not None:
-            self.scale = tau
-            if self.steps:
-                self.multiplier = self.scale * math.sinh(self._log_factor)
-
-    def _normalised(self, error: float) -> float:
-        return _clip(error / self.error_scale, -1.0, 1.0)
-
-    def _update(self, error: float) -> float:
-        low, high = self.integral_limits
-        # while a schedule still ramps the target, the gates lag behind it by design: integrating
-        # that lag would wind the multiplier up and overshoot once they catch up
-        ki = self.ki if self.current_target <= self.target else 0.0
-        self._log_factor, self.integral = log_pi_update(
-            self.integral, self._normalised(error), self.kp, ki, low, high
-        )
-        scale = self.scale if self.scale is not None else 1.0
-        return scale * math.sinh(self._log_factor)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Multiplier, integral, gains and the feed-forward scale."""
-        return {
-            **super().state_dict(),
-            "integral": self.integral,
-            "scale": self.scale,
-            "ki": self.ki,
-            "log_factor": self._log_factor,
-            "smoothing_steps": self.smoothing_steps,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` wrote."""
-        super().load_state_dict(state)
-        self.integral = float(state.get("integral", self.initial_integral))
-        scale = state.get("scale")
-        self.scale = float(scale) if scale is not None else None
-        self.ki = float(state.get("ki", self.ki))
-        self._log_factor = float(state.get("log_factor", 0.0))
-        self.smoothing_steps = float(state.get("smoothing_steps", self.smoothing_steps))
-
-
-def _shapes(values: list[torch.Tensor | None]) -> list[tuple[int, ...] | None]:
-    return [None if v is None else tuple(v.shape) for v in values]
-
-
-def _safe_ratio(pull: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
-    """``pull / |cost|`` per unit, NaN where the cost gradient vanished (a saturated gate)."""
-    scale = cost.double().abs()
-    return torch.where(scale > 0, pull / scale.clamp(min=1e-300), torch.full_like(pull, math.nan))
-
-
-def _ema(
-    old: list[torch.Tensor | None], new: list[torch.Tensor | None], rate: float
-) -> list[torch.Tensor | None]:
-    """Exponential moving average per unit; units whose new value is NaN keep the old one."""
-    out: list[torch.Tensor | None] = []
-    for a, b in zip(old, new):
-        if a is None or b is None:
-            out.append(None)
-        else:
-            out.append(torch.where(torch.isnan(b), a, (1 - rate) * a + rate * b.nan_to_num(0.0)))
-    return out
-
-
-#: Fewest steps the importance estimates average over (their noise needs a few samples).
-MIN_SMOOTHING_STEPS = 4.0
-
-
-def importance_threshold(
-    model: torch.nn.Module,
-    importance: list[torch.Tensor | None],
-    target: float,
-    kind: CostKind = "flops",
-) -> float | None:
-    """The importance below which closing every unit brings the relaxed cost ratio to ``target``.
-
-    Units are kept when their importance exceeds the threshold (gates without an estimate,
-    ``None``, are kept); the relaxed cost is evaluated at those 0/1 values and the threshold is
-    found by bisection over the sorted importances.
-
-    Returns:
-        The threshold, or ``None`` without any estimate. When closing only the units of
-        importance 0 already meets the target, the smallest positive importance (so that they
-        are still pushed).
-
-    Example:
-        >>> import torch, lightning_prune as lp
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
-        ...                           torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
-        >>> _ = lp.augment(net, torch.zeros(1, 3, 8, 8))
-        >>> importance_threshold(net, [torch.tensor([1.0, 2.0, 3.0, 4.0])], 0.5)
-        2.0
-    """
-    import lightning_prune as lp
-
-    known = [v for v in importance if v is not None]
-    if not known:
-        return None
-    gates = lp.get_gates(model)
-    dense = float(lp.dense_cost(model, kind=kind))
-    values = torch.unique(torch.cat([v.flatten().cpu() for v in known]))
-    candidates = torch.cat([torch.zeros(1, dtype=values.dtype), values])
-
-    def ratio(threshold: float) -> float:
-        masks = [
-            torch.ones(g.num_channels) if v is None else (v.cpu() > threshold).float()
-            for g, v in zip(gates, importance)
-        ]
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        cost = lp.relaxed_cost(model, kind=kind, values=[m.to(device) for m in masks])
-        return float(cost) / dense
-
-    low, high = 0, len(candidates) - 1
-    if ratio(float(candidates[0])) <= target:
-        positive = values[values > 0]
-        return float(positive[0]) if len(positive) else 0.0
-    while low < high:  # smallest threshold whose ratio is at or below the target
-        mid = (low + high) // 2
-        if ratio(float(candidates[mid])) <= target:
-            high = mid
-        else:
-            low = mid + 1
-    return float(candidates[low])
 
 
 def get_controller(name: str, **kwargs: Any) -> TargetController:

@@ -140,7 +140,8 @@ class SparsityPenalty:
                     f"The penalty's {type(controller).__name__} needs channel gates: {err} "
                     + GATELESS_FIX.format(names=_gateless_names())
                 ) from None
-            value = controller.penalty(ratio)
+            unit = controller.unit_penalty(ctx.values())
+            value = unit if unit is not None else controller.penalty(ratio)
             terms["target"] = value
             total = value if total is None else total + value
             if update_controller:
@@ -204,27 +205,20 @@ def default_penalty(target: float | None = DEFAULT_TARGET) -> SparsityPenalty:
     """The penalty every entry point uses unless given one.
 
     ``target`` (a FLOPs ratio ``A / A_dense`` in ``(0, 1]``) is reached by an
-    :class:`~lightning_prune.controller.AdaptiveController` (its scale measured from the
-    gradients, its gains derived from the run's length), and a fence-sitter term (paper 1's
-    ejector, on each unit's distance from its threshold) ramps in over the last 40% of the
-    structure phase (the settle phase of the default
-    :class:`~lightning_prune.PruningSchedule`) with a weight relative to the controller's
-    multiplier, so that gates of every family end decided. ``None`` gives paper 1's open-loop
-    structure loss ``0.5 * |A / A_dense - 0|`` instead.
+    :class:`~lightning_prune.budget.AdaptiveController`: per-unit multipliers from a knapsack
+    of the gradients' importance estimates, re-solved on every step against the schedule's
+    target, so nothing needs tuning to the network, the loss or the run's length. ``None``
+    gives paper 1's open-loop structure loss ``0.5 * |A / A_dense - 0|`` instead.
 
     Example:
         >>> default_penalty(0.3).controller.target
         0.3
     """
-    from lightning_prune.controller import AdaptiveController
+    from lightning_prune.budget import AdaptiveController
 
     if target is None:
         return SparsityPenalty()
-    from lightning_prune.schedule import PruningSchedule
-
-    settle = (PruningSchedule.ramp, 1.0)  # the default schedule's settle phase
-    fence = PenaltyTerm("fence", weight=2.0, ramp=settle, relative=True)
-    return SparsityPenalty(terms=[fence], controller=AdaptiveController(target))
+    return SparsityPenalty(controller=AdaptiveController(target))
 
 
 def _zero_like_gates(ctx: PenaltyContext) -> torch.Tensor:
