@@ -38,6 +38,7 @@ from lightning_prune.module.step import PenaltyApplier, attached_trainer
 from lightning_prune.penalties import SparsityPenalty
 from lightning_prune.profiling import format_table
 from lightning_prune.schedule import PruningSchedule, ResolvedSchedule
+from lightning_prune.surgery.gating import reattach_sites
 
 __all__ = [
     "GATE_OPTIMIZERS",
@@ -251,6 +252,11 @@ class StructureLearning:
         """Resolve the schedule for this run, configure the controller, show the table."""
         if not lp.is_augmented(module):
             return
+        if reattach_sites(module):
+            rank_zero_info(
+                f"{self.owner}: gated layers were replaced after the gates went in (e.g. "
+                "`sync_batchnorm=True`); their gates act through forward hooks now."
+            )
         gates = lp.get_gates(module)
         if not module.training and not self.finished:
             rank_zero_warn(

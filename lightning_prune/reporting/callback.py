@@ -18,6 +18,7 @@ from typing_extensions import override
 
 import lightning_prune as lp
 from lightning_prune.dpp import has_dpp, kept_macs, strip_dpp
+from lightning_prune.module import state as model_state
 from lightning_prune.profiling import compare_latency
 from lightning_prune.reporting.evaluate import evaluate_module
 from lightning_prune.reporting.paths import run_directory, unique_names
@@ -380,6 +381,7 @@ class PruningReport(Callback):
                 collapsed["metric"] = history[-1].get(metric)
         collapsed["evaluated"] = evaluated
         network = type(getattr(pl_module, "net", pl_module)).__name__
+        schedule = model_state.schedule_of(pl_module)
         directory = Path(self.dirpath) if self.dirpath is not None else run_directory(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         json_path, widths_path, training_path = unique_names(
@@ -400,6 +402,8 @@ class PruningReport(Callback):
             run_dir=str(directory),
             latency=self._latency,
             note=note,
+            relaxation=model_state.structure_outcome(pl_module),
+            schedule=schedule.to_dict() if schedule is not None else None,
             **({"kept_macs": kept.as_dict()} if kept is not None else {}),
         )
         files = [json_path.name]

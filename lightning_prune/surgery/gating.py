@@ -162,6 +162,28 @@ def attach_site(module: nn.Module, segments: list[Segment]) -> None:
         module.register_forward_hook(GateHook())
 
 
+def reattach_sites(model: nn.Module) -> int:
+    """Make every site act again after its module was replaced by another class.
+
+    ``Trainer(sync_batchnorm=True)`` swaps each ``BatchNorm`` for a ``SyncBatchNorm`` after
+    ``configure_model``; the site (a child module) moves along, but the gated forward does not,
+    so the gates would silently stop acting while their penalty kept training. Such sites get
+    the forward hook instead (``norm(x) * g`` equals the fused ``weight * g``, ``bias * g``).
+
+    Returns:
+        The number of sites re-attached.
+    """
+    count = 0
+    for module in model.modules():
+        if SITE_ATTR not in module._modules or type(module) in _UNFUSED:
+            continue
+        if any(isinstance(h, GateHook) for h in module._forward_hooks.values()):
+            continue
+        module.register_forward_hook(GateHook())
+        count += 1
+    return count
+
+
 def detach_sites(model: nn.Module) -> None:
     """Remove every site, hook and fused class from ``model`` (in place)."""
     for module in model.modules():
