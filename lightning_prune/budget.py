@@ -254,13 +254,25 @@ class AdaptiveController(TargetController):
         return self.multiplier
 
     def state_dict(self) -> dict[str, Any]:
-        """The pull statistics are re-estimated after a restart; only the window is kept."""
-        return {**super().state_dict(), "smoothing_steps": self.smoothing_steps}
+        """Window, pull statistics and unit multipliers, so a resumed run continues exactly.
+
+        Tensors and plain data only: a checkpoint still loads with ``weights_only=True``.
+        """
+        return {
+            **super().state_dict(),
+            "smoothing_steps": self.smoothing_steps,
+            "mean": self._mean,
+            "square": self._square,
+            "unit_multipliers": self.unit_multipliers,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` wrote."""
         super().load_state_dict(state)
         self.smoothing_steps = float(state.get("smoothing_steps", self.smoothing_steps))
+        self._mean = state.get("mean")
+        self._square = state.get("square")
+        self.unit_multipliers = state.get("unit_multipliers")
 
 
 def _shapes(values: list[torch.Tensor | None]) -> list[tuple[int, ...] | None]:

@@ -83,7 +83,10 @@ class AdamMixin(MixinModule):
 
 def test_staged_pruning_keeps_training_and_rebuilds_optimizer(tmp_path):
     torch.manual_seed(0)
-    module = AdamMixin(width=8)
+    # paper 1's multi-stage schedule: the stages prune; no budget, no structure phase end
+    module = AdamMixin(
+        width=8, penalty=lp.SparsityPenalty(), schedule=lp.PruningSchedule(structure=1.0)
+    )
     module.configure_model()
     with torch.no_grad():  # one unit per group far below, one slightly below the stage threshold
         for gate in module.gates:
@@ -95,7 +98,9 @@ def test_staged_pruning_keeps_training_and_rebuilds_optimizer(tmp_path):
         def on_train_epoch_start(self, trainer, pl_module):
             optimizer = trainer.optimizers[0]
             ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-            assert ids == {id(p) for p in pl_module.parameters()}  # rebuilt on the new params
+            gates = {id(p) for g in pl_module.gates for p in g.parameters()}
+            # rebuilt on the new parameters; the gates have their own optimizer
+            assert ids == {id(p) for p in pl_module.parameters()} - gates
             sizes.append(
                 (lp.count_params(pl_module), optimizer.param_groups[0]["lr"], len(pl_module.gates))
             )

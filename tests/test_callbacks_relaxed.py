@@ -39,13 +39,15 @@ def test_full_pipeline_on_unmodified_module(tmp_path):
         "pruned.safetensors",
     ]
     assert "training_step" not in module.__dict__ and "configure_optimizers" not in module.__dict__
+    # one unit of TinyNet(8)'s 8-wide groups is about 6% of its FLOPs: the nearest reachable
+    # ratio (the learning tests check precision on networks with finer steps)
     assert (
         abs(
             lp.count_flops(module, torch.zeros(2, 3, 16, 16))
             / cb.callbacks["collapse"].summary["prune/collapse/flops_before"]
             - 0.5
         )
-        <= 0.02
+        <= 0.06
     )
     trainer.test(module, make_loader(8, 8), verbose=False)
 
@@ -99,7 +101,7 @@ def test_default_example_inputs():
     assert default_example_inputs([x, 1]) is x
     assert default_example_inputs({"pixel_values": x}) is x
     assert default_example_inputs({"a": 1, "b": x}, key="b") is x
-    with pytest.raises(lp.ExampleInputError, match=r"RelaxedPruning\(input_key=...\)"):
+    with pytest.raises(lp.ExampleInputError, match=r"pass the callback's `input_key=...`"):
         default_example_inputs({"a": 1})
 
 
@@ -147,7 +149,13 @@ def test_configure_model_modules_are_augmented_after_it(tmp_path):
 
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="Unknown schedule"):
-        RelaxedPruning(schedule="wobble")
+        RelaxedPruning(temperature_schedule="wobble")
+    with pytest.raises(TypeError, match=r"schedule must be a lightning_prune\.PruningSchedule"):
+        RelaxedPruning(schedule="cubic")
+    with pytest.raises(ValueError, match=r"Unknown PruningSchedule field\(s\) \['strucure'\]"):
+        RelaxedPruning(schedule={"strucure": 0.5})
+    with pytest.raises(ValueError, match="gate_optimizer must be 'adam'"):
+        RelaxedPruning(gate_optimizer="sgd")
     with pytest.raises(ValueError, match="Unknown gate 'nope'"):
         RelaxedPruning(gate="nope")
     with pytest.raises(ValueError, match=r"\(0, 1\]"):

@@ -84,13 +84,38 @@ class Record(L.Callback):
         self.values.append((trainer.current_epoch, batch_idx, temps.pop()))
 
 
+def _whole_run_module() -> MixinModule:
+    """Gates that live for the whole run (paper 1's open-loop loss, no final phase)."""
+    return MixinModule(
+        width=8, penalty=lp.SparsityPenalty(), schedule=lp.PruningSchedule(structure=1.0)
+    )
+
+
+def test_follows_the_structure_phase_of_the_schedule(tmp_path):
+    record = Record()
+    anneal = TemperatureAnnealing()  # the defaults: sigmoid 5 -> 30 over the settle phase
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=5, callbacks=[anneal, record])
+    )
+    trainer.fit(MixinModule(width=8), make_loader(40, 8))
+    # 20 steps: structure phase 0-10, ramp 0-6, anneal from 8 to 10, then collapsed
+    steps = {epoch * 5 + batch: value for epoch, batch, value in record.values}
+    assert steps[0] == pytest.approx(5.0) and steps[8] == pytest.approx(5.0)
+    assert 5.0 < steps[9] < 30.0
+    assert steps[10] == steps[19] == pytest.approx(30.0)
+    # without NetworkCollapse the final phase trains on frozen hard masks
+    assert all(gate.frozen for gate in lp.get_gates(trainer.lightning_module))
+
+
 def test_exponential_per_epoch_continuous_sparsification(tmp_path):
     record = Record()
-    anneal = TemperatureAnnealing("exponential", start=1.0, end=200.0, interval="epoch")
+    anneal = TemperatureAnnealing(
+        "exponential", start=1.0, end=200.0, interval="epoch", follow_schedule=False
+    )
     trainer = L.Trainer(
         **trainer_kwargs(tmp_path, max_epochs=5, limit_train_batches=2, callbacks=[anneal, record])
     )
-    trainer.fit(MixinModule(width=8), make_loader(16, 8))
+    trainer.fit(_whole_run_module(), make_loader(16, 8))
     per_epoch = {e: v for e, _, v in record.values}
     for epoch in range(5):  # beta_e = 200 ** (e / (E - 1))
         assert per_epoch[epoch] == pytest.approx(200.0 ** (epoch / 4), rel=1e-5)
@@ -136,13 +161,13 @@ def test_cubic_per_step_between_epochs_with_defaults_from_gate(tmp_path):
 
 def test_linear_dpp_schedule_and_logged_value(tmp_path):
     logger = CSVLogger(tmp_path)
-    anneal = TemperatureAnnealing("linear", start=5.0, end=0.5)
+    anneal = TemperatureAnnealing("linear", start=5.0, end=0.5, follow_schedule=False)
     trainer = L.Trainer(
         **trainer_kwargs(
             tmp_path, max_epochs=3, limit_train_batches=2, logger=logger, callbacks=[anneal]
         )
     )
-    module = MixinModule(width=8)
+    module = _whole_run_module()
     trainer.fit(module, make_loader(16, 8))
     assert float(module.gates[0].temperature) == pytest.approx(0.5)
     assert anneal.value == pytest.approx(0.5)

@@ -42,7 +42,7 @@ class DigitsClassifier(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = build_model("small_cnn", num_classes=10, in_channels=1, width=16)
+        self.net = build_model("small_cnn", num_classes=10, in_channels=1, width=32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -73,8 +73,8 @@ def _segmenter(gate: str | None) -> SegmentationModule:
 
 TASKS = {
     "classification": {
-        "data": lambda: DigitsDataModule(image_size=16, channels=1, batch_size=64),
-        "example": torch.zeros(2, 1, 16, 16),
+        "data": lambda: DigitsDataModule(image_size=8, channels=1, batch_size=64),
+        "example": torch.zeros(2, 1, 8, 8),
     },
     "segmentation": {
         "data": lambda: ShapesDataModule(

@@ -44,13 +44,20 @@ def _callback_setup():
     return module, [cb], lambda: cb.penalty.controller
 
 
+class _StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
 @pytest.mark.parametrize("setup", [_mixin_setup, _callback_setup], ids=["mixin", "callback"])
 def test_resume_equals_straight_run(tmp_path, setup):
+    """Interrupted inside the structure phase (step 4 of 12; it ends at step 6), then resumed:
+    gates, gate optimizer, controller, temperature and weights continue exactly."""
     loader = make_loader(32, 8)
-    kwargs = dict(log_every_n_steps=1)
+    kwargs = dict(log_every_n_steps=1, max_epochs=3)
 
     module_a, callbacks_a, controller_a = setup()
-    L.Trainer(**trainer_kwargs(tmp_path / "a", max_epochs=2, callbacks=callbacks_a, **kwargs)).fit(
+    L.Trainer(**trainer_kwargs(tmp_path / "a", callbacks=callbacks_a, **kwargs)).fit(
         module_a, loader
     )
 
@@ -59,8 +66,7 @@ def test_resume_equals_straight_run(tmp_path, setup):
     L.Trainer(
         **trainer_kwargs(
             tmp_path / "b",
-            max_epochs=1,
-            callbacks=[*callbacks_b, ckpt],
+            callbacks=[*callbacks_b, ckpt, _StopAfterFirstEpoch()],
             enable_checkpointing=True,
             **kwargs,
         )
@@ -68,7 +74,7 @@ def test_resume_equals_straight_run(tmp_path, setup):
     assert torch.load(ckpt.last_model_path, weights_only=True)[CHECKPOINT_KEY]["augmented"]
 
     module_c, callbacks_c, controller_c = setup()
-    L.Trainer(**trainer_kwargs(tmp_path / "c", max_epochs=2, callbacks=callbacks_c, **kwargs)).fit(
+    L.Trainer(**trainer_kwargs(tmp_path / "c", callbacks=callbacks_c, **kwargs)).fit(
         module_c, loader, ckpt_path=ckpt.last_model_path
     )
 
@@ -79,7 +85,8 @@ def test_resume_equals_straight_run(tmp_path, setup):
     gate_a, gate_c = lp.get_gates(module_a)[0], lp.get_gates(module_c)[0]
     assert float(gate_c.temperature) == float(gate_a.temperature) > 5.0
     assert controller_c().state_dict() == pytest.approx(controller_a().state_dict())
-    assert controller_a().steps == 8
+    assert controller_a().steps == 6  # the penalty acts during the structure phase only
+    assert all(g.frozen for g in lp.get_gates(module_c))
 
 
 def test_checkpoint_after_collapse_loads_with_weights_only(tmp_path):

@@ -104,3 +104,4 @@ def test_ddp_two_processes(tmp_path):
         "pruned.json",
         "pruned.safetensors",
     ]
+

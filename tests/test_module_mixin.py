@@ -156,9 +156,19 @@ def test_subclass_super_call_adds_penalty_once():
     )
 
 
+def test_gates_get_their_own_optimizer_by_default():
+    module = DictModule()
+    module.configure_model()
+    optimizer = module.configure_optimizers()
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    gates = {id(g.logits) for g in module.gates}
+    assert not in_optimizer & gates  # taken out: the gates' own Adam trains them
+    assert in_optimizer == {id(p) for p in module.parameters()} - gates
+
+
 def test_gate_group_has_no_weight_decay_and_own_lr():
     module = DictModule()
-    module.configure_pruning(gate_lr=0.01)
+    module.configure_pruning(gate_lr=0.01, gate_optimizer="shared")
     module.configure_model()
     optimizer = module.configure_optimizers()
     assert len(optimizer.param_groups) == 2
@@ -174,7 +184,7 @@ def test_gate_group_has_no_weight_decay_and_own_lr():
 
 def test_separate_gate_group_can_be_disabled():
     module = DictModule()
-    module.configure_pruning(separate_gate_group=False)
+    module.configure_pruning(separate_gate_group=False, gate_optimizer="shared")
     module.configure_model()
     assert len(module.configure_optimizers().param_groups) == 1
 
@@ -212,6 +222,23 @@ def test_isolated_gate_group_follows_schedulers(make):
     net_lr, gate_lr = (g["lr"] for g in optimizer.param_groups)
     assert gate_lr == pytest.approx(net_lr * 0.01 / base, rel=1e-6)
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_remove_parameters_drops_emptied_groups_and_their_scheduler_entries():
+    from lightning_prune.module.optim import gate_parameters, remove_parameters
+
+    net = TinyNet(8)
+    lp.augment(net, torch.zeros(2, 3, 16, 16))
+    gates = gate_parameters(net)
+    rest = [p for p in net.parameters() if all(p is not g for g in gates)]
+    optimizer = torch.optim.SGD([{"params": rest}, {"params": gates, "lr": 0.5}], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda e: 1.0, lambda e: 0.5])
+    assert remove_parameters({"optimizer": optimizer, "lr_scheduler": scheduler}, gates) == 3
+    assert len(optimizer.param_groups) == 1
+    assert len(scheduler.base_lrs) == len(scheduler.lr_lambdas) == 1
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
 def test_gate_param_groups_helper():
@@ -252,6 +279,7 @@ def test_manual_optimization_leaves_output_alone():
             self.automatic_optimization = False
 
     module = Manual()
+    module.configure_pruning(penalty=lp.SparsityPenalty())  # paper 1's loss: non-zero at once
     module.configure_model()
     out = module.training_step(BATCH, 0)
     assert out.item() == pytest.approx(F.cross_entropy(module(BATCH[0]), BATCH[1]).item())

@@ -43,8 +43,9 @@ def test_classification_module_trains_logs_and_groups_gates(tmp_path):
     for key in ("train/loss_step", "train/acc", "val/loss", "val/acc", "prune/penalty/total"):
         assert key in metrics, key
     optimizer = trainer.optimizers[0]
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
-    assert optimizer.param_groups[1]["initial_lr"] == pytest.approx(0.01)
+    # the gates have their own Adam (at gate_lr); the network keeps the SGD recipe
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4]
+    assert module.pruning_schedule.gate_lr == pytest.approx(0.01)
     assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "CosineAnnealingLR"
 
 
@@ -105,6 +106,8 @@ def test_config_through_lightning_cli(tmp_path):
             "gate": "sigmoid",
             "exclude": ["net.fc"],
             "gate_lr": 0.02,
+            "gate_optimizer": "shared",
+            "schedule": {"structure": 0.7},
             "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001}},
             "penalty": {
                 "terms": [
@@ -133,6 +136,7 @@ def test_config_through_lightning_cli(tmp_path):
         0.5,
         0.75,
     )
+    assert module.pruning_schedule == lp.PruningSchedule(structure=0.7)
     module.configure_model()
     optimizer = module.configure_optimizers()["optimizer"]
     assert type(optimizer).__name__ == "Adam" and optimizer.param_groups[1]["lr"] == 0.02

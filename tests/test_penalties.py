@@ -73,9 +73,9 @@ def test_gate_logits_prefers_raw_parameters(gated):
 
 # ------------------------------------------------------------------------------- registry
 def test_registry_has_terms_and_rejects_unknown_names():
-    assert {"structure", "l1", "basis", "dpp_entropy"} <= set(PENALTIES.names())
+    assert {"structure", "l1", "basis", "fence", "dpp_entropy"} <= set(PENALTIES.names())
     with pytest.raises(
-        ValueError, match=r"Unknown penalty 'nope'. Choose one of: basis, dpp_entropy, l1"
+        ValueError, match=r"Unknown penalty 'nope'. Choose one of: basis, dpp_entropy, fence, l1"
     ):
         PenaltyTerm("nope")
 
@@ -185,7 +185,7 @@ def test_controller_penalty_and_state_roundtrip(gated):
 
 
 def test_controller_validation_and_registry():
-    assert set(CONTROLLERS.names()) == {"lagrange", "pi"}
+    assert set(CONTROLLERS.names()) == {"adaptive", "lagrange", "pi"}
     assert isinstance(get_controller("pi", target=0.2), PIController)
     with pytest.raises(ValueError, match=r"cost ratio A / A_dense in \(0, 1\]"):
         PIController(target=30)

@@ -71,7 +71,8 @@ class TemperatureAnnealing(Callback):
     masks use one callback per family (``targets``).
 
     Inside a pruning run (a module with :class:`~lightning_prune.PrunableMixin` or the
-    :class:`RelaxedPruning` callback) and without ``start_epoch`` / ``end_epoch``, the schedule
+    :class:`RelaxedPruning` callback), with ``follow_schedule`` and without ``start_epoch`` /
+    ``end_epoch``, the schedule
     follows the run's :class:`~lightning_prune.PruningSchedule`: ``start`` while the target
     ramps, then annealed over the rest of the structure phase (set before every batch from the
     global step), so the gates reach ``end`` exactly when the structure is fixed, however long
@@ -98,6 +99,8 @@ class TemperatureAnnealing(Callback):
         interval: ``"epoch"`` or ``"step"``.
         log: log the value with ``pl_module.log``.
         targets: ``"all"``, ``"gates"`` or ``"dpp_masks"``.
+        follow_schedule: inside a pruning run, anneal over its structure phase (see above);
+            ``False``: by epochs as outside one.
 
     Raises:
         ValueError: for an unknown schedule, interval or target, non-positive values, or
@@ -120,6 +123,7 @@ class TemperatureAnnealing(Callback):
         interval: Literal["epoch", "step"] = "epoch",
         log: bool = True,
         targets: Literal["all", "gates", "dpp_masks"] = "all",
+        follow_schedule: bool = True,
     ) -> None:
         self.schedule_fn = get_schedule(schedule) if schedule is not None else None
         if interval not in ("epoch", "step"):
@@ -146,6 +150,7 @@ class TemperatureAnnealing(Callback):
         self.interval = interval
         self.log = log
         self.targets = targets
+        self.follow_schedule = bool(follow_schedule)
         #: Last value set on the gates (``None`` before the first).
         self.value: float | None = None
         #: Last value set on the DPP masks (``None`` before the first).
@@ -195,7 +200,7 @@ class TemperatureAnnealing(Callback):
 
     def _structure_progress(self, trainer: Trainer, pl_module: LightningModule) -> float | None:
         """Progress through the run's structure phase, when the schedule follows it."""
-        if self.end_epoch is not None or self.start_epoch != 0:
+        if not self.follow_schedule or self.end_epoch is not None or self.start_epoch != 0:
             return None
         schedule = model_state.schedule_of(pl_module)
         if schedule is None:

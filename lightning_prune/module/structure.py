@@ -271,8 +271,12 @@ class StructureLearning:
             gate.track_value_grads = controller is not None and controller.wants_observations
             gate.value_grad = None
         span = float(type(gates[0]).decision_span)
+        total = trainer.estimated_stepping_batches
+        if total == 0:  # a fit without training steps (e.g. to collapse set masks): no schedule
+            self.resolved = None
+            return
         try:
-            self.resolved = self.schedule.resolve(trainer.estimated_stepping_batches, span)
+            self.resolved = self.schedule.resolve(total, span)
         except ValueError as err:
             raise ValueError(f"{self.owner}: {err}") from None
         self.applier.schedule = self.resolved
@@ -351,8 +355,11 @@ class StructureLearning:
             self.finish(trainer, module)
 
     def on_train_end(self, trainer: Any, module: nn.Module) -> None:
-        """Fix the structure if training ended inside the structure phase."""
-        if not self.finished and lp.is_augmented(module):
+        """Fix the structure if training ended inside the structure phase.
+
+        A fit that took no optimizer step leaves the gates as they are.
+        """
+        if not self.finished and self.resolved is not None and lp.is_augmented(module):
             self.finish(trainer, module)
 
     def finish(self, trainer: Any, module: nn.Module) -> dict[str, Any]:

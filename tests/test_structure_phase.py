@@ -1,0 +1,167 @@
+"""The schedule inside ``fit``: phases derived from the run, the hand-over to the final phase."""
+
+import itertools
+import logging
+
+import lightning as L
+import pytest
+import torch
+from test_lightning_utils import MixinModule, PlainModule, make_loader, trainer_kwargs
+
+import lightning_prune as lp
+from lightning_prune.budget import AdaptiveController, keep_set
+from lightning_prune.callbacks import NetworkCollapse, RelaxedPruning
+from lightning_prune.module.state import schedule_of, structure_outcome
+from lightning_prune.schedule import PruningSchedule, target_ramp
+
+
+# ----------------------------------------------------------------------------- the schedule
+@pytest.mark.parametrize("total", [8, 40, 400, 120_000])
+def test_schedule_scales_with_the_run(total):
+    plan = PruningSchedule().resolve(total, decision_span=2.0)
+    assert plan.structure_steps == round(total / 2)
+    assert plan.ramp_steps == round(0.6 * plan.structure_steps)
+    # a gate crosses its whole decision span in a quarter of the structure phase
+    assert plan.gate_lr * 0.25 * plan.structure_steps == pytest.approx(2.0)
+    assert plan.target_at(0, 0.3) == 1.0 and plan.target_at(plan.ramp_steps, 0.3) == 0.3
+    assert plan.anneal_progress(plan.ramp_steps) == 0.0
+    assert plan.anneal_progress(plan.structure_steps) == 1.0
+
+
+def test_target_ramp_is_monotone_and_front_loaded():
+    values = [target_ramp(p / 10, 0.25) for p in range(11)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+    assert values[5] - 0.25 < 0.2 * (1 - 0.25)  # most of the pruning in the first half
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"structure": 0.0}, r"structure is the fraction of training during which gates learn"),
+        ({"ramp": 1.5}, r"ramp is a fraction of the structure phase in \[0, 1\]; got 1.5"),
+        ({"final_phase": "prune"}, r"final_phase must be one of 'collapse', 'freeze'"),
+        ({"gate_lr": -1.0}, r"gate_lr must be positive \(or None: derived\); got -1.0"),
+    ],
+)
+def test_schedule_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PruningSchedule(**kwargs)
+
+
+def test_schedule_needs_a_finite_run():
+    with pytest.raises(ValueError, match=r"set `max_epochs` or `max_steps`"):
+        PruningSchedule().resolve(float("inf"))
+
+
+# ------------------------------------------------------------------------------ the knapsack
+def test_keep_set_fits_the_target_with_the_most_important_units():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
+    )
+    lp.augment(net, torch.zeros(1, 3, 8, 8))
+    keys = [torch.arange(8, dtype=torch.float64)]
+    for target in (1.0, 0.5, 0.25):
+        (keep,) = keep_set(net, keys, target)
+        ratio = float(lp.relaxed_cost(net, values=[keep.float()])) / lp.dense_cost(net)
+        assert ratio <= target + 1e-9
+        assert keep.tolist() == sorted(keep.tolist())  # the highest keys stay
+        if not keep.all():  # one more unit would not fit
+            more = keep.clone()
+            more[int((~keep).nonzero().max())] = True
+            assert float(lp.relaxed_cost(net, values=[more.float()])) / lp.dense_cost(net) > target
+
+
+def test_adaptive_controller_pushes_the_knapsack_answer():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
+    )
+    lp.augment(net, torch.zeros(1, 3, 8, 8))
+    controller = AdaptiveController(target=0.5)
+    controller.configure(100)
+    pulls = [torch.linspace(-1.0, 1.0, 8)]  # the task wants the last units most
+    prices = [torch.full((8,), 0.1)]
+    controller.observe(net, pulls, prices)
+    (lam,) = controller.unit_multipliers
+    (keep,) = controller.keep
+    assert keep.tolist() == [False] * 4 + [True] * 4
+    assert (lam[:4] > 0).all()  # pushed towards closing
+    assert (lam[4:] == 0).all()  # open already: left to the task
+    values = [torch.ones(8, requires_grad=True)]
+    controller.unit_penalty(values).backward()
+    assert torch.equal(values[0].grad, lam.float())
+
+
+# ------------------------------------------------------------------------- inside a Trainer
+class _Track(L.Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        optimizer = trainer.optimizers[0]
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "augmented": lp.is_augmented(pl_module),
+                "params": lp.count_params(pl_module),
+                "optimizer_params": sum(
+                    p.numel() for g in optimizer.param_groups for p in g["params"]
+                ),
+                "weight": pl_module.net.fc.weight.detach().clone(),
+            }
+        )
+
+
+def test_collapse_part_way_and_train_on_the_compact_network(tmp_path, caplog):
+    torch.manual_seed(0)
+    module = PlainModule(width=8)
+    track = _Track()
+    callback = RelaxedPruning(target=0.5, dirpath=str(tmp_path / "out"))
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=4, callbacks=[callback, track]))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(module, make_loader(32, 8))  # 16 steps: structure 0-8, final 8-16
+    assert "pruning schedule (16 optimizer steps)" in caplog.text
+    assert "| final" in caplog.text and "| structure: ramp" in caplog.text
+    rows = {row["step"]: row for row in track.rows}
+    assert all(rows[s]["augmented"] for s in range(8))
+    assert not any(rows[s]["augmented"] for s in range(8, 16))
+    # the optimizer was rebuilt on the compact network's parameters
+    assert rows[8]["params"] < rows[7]["params"]
+    assert rows[8]["optimizer_params"] == rows[8]["params"]
+    # ... and the compact network trained on: what is saved is what was trained
+    assert not torch.equal(rows[8]["weight"], rows[15]["weight"])
+    assert not torch.equal(rows[15]["weight"], module.net.fc.weight)
+    outcome = structure_outcome(module)
+    assert outcome["step"] == 8 and 0.0 <= outcome["snap_share"] <= 1.0
+    saved = lp.load_pruned(PlainModule(width=8), tmp_path / "out" / "pruned")
+    torch.testing.assert_close(saved.net.fc.weight, module.net.fc.weight)
+
+
+def test_final_phase_freeze_keeps_hard_masks_until_fit_ends(tmp_path):
+    torch.manual_seed(0)
+    module = MixinModule(width=8, schedule=PruningSchedule(final_phase="freeze"))
+    track = _Track()
+    collapse = NetworkCollapse(dirpath=str(tmp_path), latency_repeats=0)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[collapse, track]))
+    trainer.fit(module, make_loader(32, 8))
+    assert all(row["augmented"] for row in track.rows)
+    assert schedule_of(module).final_phase == "freeze"
+    assert not lp.is_augmented(module)  # collapsed when fit ended
+
+
+def test_snap_share_warns_when_the_gates_did_not_decide(tmp_path):
+    module = PlainModule(width=8)
+    # one structure step: no gate can move, the snap decides everything
+    callback = RelaxedPruning(target=0.5, collapse=False, schedule=PruningSchedule(structure=0.1))
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=4, callbacks=[callback]))
+    with pytest.warns(UserWarning, match=r"decided by the snap/threshold .* more than 5%"):
+        trainer.fit(module, make_loader(32, 8))
+    assert structure_outcome(module)["snap_share"] > 0.05
+
+
+def test_module_in_eval_mode_still_learns_its_gates(tmp_path):
+    module = MixinModule(width=8)
+    module.eval()
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=2))
+    with pytest.warns(UserWarning, match="is in eval mode as `fit` starts"):
+        trainer.fit(module, make_loader(32, 8))
+    assert all(g.training for g in lp.get_gates(module))
