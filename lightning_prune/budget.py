@@ -224,11 +224,18 @@ class AdaptiveController(TargetController):
         ).median()
         force = self.margin * float(scale)
         multipliers = []
-        for gate, keep in zip(gates, self.keep):
+        for gate, keep, m, q in zip(gates, self.keep, self._mean, self._square):
             with torch.no_grad():
                 open_already = gate.probabilities().detach().cpu().double() >= 1.0 - self.decided
             close = torch.full((gate.num_channels,), force, dtype=torch.float64)
-            reopen = torch.where(open_already, 0.0, -force)
+            reopen = torch.full_like(close, force)
+            if m is not None and q is not None and m.shape == close.shape:
+                # every unit's multiplier beats its own pull by a margin of its own noise,
+                # so a unit the task holds strongly open (or shut) still follows the knapsack
+                spread = self.margin * (q - m * m).clamp(min=0.0).sqrt()
+                close = torch.maximum(close, m + spread)
+                reopen = torch.maximum(reopen, -m + spread)
+            reopen = torch.where(open_already, 0.0, -reopen)
             multipliers.append(torch.where(keep, reopen, close))
         self.unit_multipliers = multipliers
         self.multiplier = force

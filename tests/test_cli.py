@@ -18,14 +18,12 @@ from lightning_prune.cli import DEMO_CONFIG, LightningPruneCLI, main, with_defau
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-# a few steps on the demo, with gates that move fast enough to prune within them
+# a few steps on the demo: the defaults must prune within them, with no tuning
 TINY = [
     "--trainer.max_epochs=2",
     "--trainer.limit_train_batches=4",
     "--trainer.limit_val_batches=2",
     "--trainer.log_every_n_steps=1",
-    "--model.init_args.gate_lr=0.5",
-    "--model.init_args.gate_kwargs.init_keep=0.6",
     "--report.latency_repeats=2",
 ]
 

@@ -55,7 +55,10 @@ class DigitsClassifier(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=3e-3)
         steps = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def _segmenter(gate: str | None) -> SegmentationModule:
@@ -190,7 +193,7 @@ def test_relaxation_learns_the_structure(task, gate, start, epochs, tmp_path):
         f"{outcome['snap_share']:.3f}, final FLOPs ratio {ratio:.3f}, score {score:.3f} vs "
         f"dense {dense:.3f}"
     )
-    print(summary)
+    print(summary, outcome)
     assert outcome is not None, summary
     assert abs(outcome["relaxed_flops_ratio_before_snap"] - TARGET) <= 0.05, summary
     assert outcome["snap_share"] < 0.05, summary

@@ -84,7 +84,13 @@ def test_resume_equals_straight_run(tmp_path, setup):
         torch.testing.assert_close(state_c[key], state_a[key], rtol=1e-5, atol=1e-6, msg=key)
     gate_a, gate_c = lp.get_gates(module_a)[0], lp.get_gates(module_c)[0]
     assert float(gate_c.temperature) == float(gate_a.temperature) > 5.0
-    assert controller_c().state_dict() == pytest.approx(controller_a().state_dict())
+    resumed, straight = controller_c().state_dict(), controller_a().state_dict()
+    assert resumed.keys() == straight.keys()
+    for key in straight:  # names, numbers and per-group tensors (the pull statistics)
+        if isinstance(straight[key], str):
+            assert resumed[key] == straight[key], key
+        else:
+            torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
     assert controller_a().steps == 6  # the penalty acts during the structure phase only
     assert all(g.frozen for g in lp.get_gates(module_c))
 

@@ -104,4 +104,3 @@ def test_ddp_two_processes(tmp_path):
         "pruned.json",
         "pruned.safetensors",
     ]
-

@@ -18,6 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.dpp.apply import get_dpp_masks
 from lightning_prune.module import state as model_state
 from lightning_prune.profiling import compare_latency, format_table
 from lightning_prune.reporting.paths import run_directory
@@ -195,6 +196,7 @@ class NetworkCollapse(Callback):
         self.plan_path: Path | None = None
         self._dirpath: str | None = None
         self._dense: nn.Module | None = None
+        self._deferred = False
         self._batch_inputs: tuple[torch.Tensor, ...] | None = None
         self._collapsed_step: int | None = None
 
@@ -307,6 +309,16 @@ class NetworkCollapse(Callback):
             return
         if batch_idx % max(int(trainer.accumulate_grad_batches), 1):
             return  # never between the micro-batches of one optimizer step
+        if get_dpp_masks(pl_module):
+            # DPP masks still train on the weights: collapsing now would resize masked
+            # weights; the frozen structure is collapsed at fit end, after they are folded
+            if not self._deferred:
+                rank_zero_info(
+                    "NetworkCollapse: the model carries DPP masks; the frozen structure is "
+                    "collapsed at fit end, after DynamicProbabilisticPruning folds them."
+                )
+                self._deferred = True
+            return
         self.collapse_now(trainer, pl_module)
 
     @override

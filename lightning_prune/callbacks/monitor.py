@@ -203,7 +203,10 @@ class SparsityMonitor(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step == self._last_step or step % self._every:
+        schedule = model_state.schedule_of(pl_module)
+        # the last step with gates (the structure is fixed, then collapsed) is always logged
+        last = schedule is not None and step == schedule.structure_steps
+        if step == self._last_step or (step % self._every and not last):
             return
         self._last_step = step
         metrics = self.compute(pl_module)
@@ -215,11 +218,17 @@ class SparsityMonitor(Callback):
                 self._warned = True
             return
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        if last and self.table_every_n_epochs:
+            self.log_tables(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.table_every_n_epochs or (trainer.current_epoch + 1) % self.table_every_n_epochs:
             return
+        self.log_tables(trainer, pl_module)
+
+    def log_tables(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Send the gate histogram and the layer-width table to every W&B logger."""
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers or not trainer.is_global_zero or not lp.get_groups(pl_module):
             return

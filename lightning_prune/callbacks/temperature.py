@@ -244,17 +244,19 @@ class TemperatureAnnealing(Callback):
         epoch: float,
         stored: bool = False,
         progress: float | None = None,
+        families: tuple[Family, ...] | None = None,
     ) -> dict[str, float]:
-        """Set every targeted family's value; returns ``{log key: value}`` set.
+        """Set the targeted families' values; returns ``{log key: value}`` set.
 
-        The value at ``progress`` through the structure phase when given, else at ``epoch``.
+        The channel gates' value at ``progress`` through the structure phase when given (the
+        DPP masks are not part of it and always follow ``epoch``), else at ``epoch``.
         """
         applied = {}
-        for family in self.families:
+        for family in self.families if families is None else families:
             saved = self.value if family == "gates" else self.dpp_value
             if stored and saved is not None:
                 value = saved
-            elif progress is not None:
+            elif progress is not None and family == "gates":
                 value = self._value(family, progress)
             else:
                 value = self.value_at(epoch, family)
@@ -284,10 +286,15 @@ class TemperatureAnnealing(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.interval != "epoch" or self._structure_progress(trainer, pl_module) is not None:
+        if self.interval != "epoch":
+            return
+        families = self.families
+        if self._structure_progress(trainer, pl_module) is not None:  # gates move per step
+            families = tuple(f for f in families if f != "gates")
+        if not families:
             return
         self._resolve(trainer, pl_module)
-        applied = self._apply(pl_module, trainer.current_epoch)
+        applied = self._apply(pl_module, trainer.current_epoch, families=families)
         if self.log:
             for key, value in applied.items():
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
@@ -299,10 +306,17 @@ class TemperatureAnnealing(Callback):
         progress = self._structure_progress(trainer, pl_module)
         if self.interval != "step" and progress is None:
             return
+        families = self.families
+        if self.interval != "step":  # only the gates follow the structure phase per step
+            families = tuple(f for f in families if f == "gates")
+        if not families:
+            return
         self._resolve(trainer, pl_module)
         per_epoch = trainer.num_training_batches
         fraction = batch_idx / per_epoch if math.isfinite(per_epoch) and per_epoch > 0 else 0.0
-        applied = self._apply(pl_module, trainer.current_epoch + fraction, progress=progress)
+        applied = self._apply(
+            pl_module, trainer.current_epoch + fraction, progress=progress, families=families
+        )
         if self.log:
             for key, value in applied.items():
                 pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)

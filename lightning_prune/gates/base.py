@@ -124,6 +124,24 @@ class ChannelGate(nn.Module):
         mask[torch.topk(scores.detach().float(), need).indices] = True
         return mask
 
+    def reference_temperature(self) -> float:
+        """The temperature at which :meth:`keep_within_reach` measures distances.
+
+        The family's starting temperature (or the current one, if lower), so that annealing
+        past it can still make the gates binary.
+        """
+        return min(float(self.temperature), float(self.default_temperature_range[0]))
+
+    @torch.no_grad()
+    def keep_within_reach(self, limit: float) -> None:
+        """Clamp the parameters so no unit's decision logit exceeds ``limit`` in magnitude.
+
+        The structure phase calls it after every gate step (with a multiple of
+        :attr:`decision_span`): a gate driven deep into saturation has a vanishing gradient and
+        could not be flipped within the phase any more. The default does nothing (families
+        whose parameters do not saturate).
+        """
+
     def decision_logits(self) -> torch.Tensor:
         """Signed distance of each unit from the keep threshold, in logit units (differentiable).
 

@@ -67,6 +67,14 @@ class HardConcreteGate(ChannelGate):
         shift = self._shift(self.temperature)
         return self.log_alpha - shift - math.log(self.threshold / (1.0 - self.threshold))
 
+    @torch.no_grad()
+    def keep_within_reach(self, limit: float) -> None:
+        """``|log_alpha - shift - logit(threshold)| <= limit`` at the reference temperature."""
+        centre = self._shift(self.reference_temperature()) + math.log(
+            self.threshold / (1.0 - self.threshold)
+        )
+        self.log_alpha.clamp_(centre - limit, centre + limit)
+
     def _soft_values(self) -> torch.Tensor:
         u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)

@@ -59,6 +59,13 @@ class SigmoidGate(ChannelGate):
         """``k * s - logit(threshold)`` (exact, no clamping of the probability)."""
         return self.temperature * self.logits - math.log(self.threshold / (1.0 - self.threshold))
 
+    @torch.no_grad()
+    def keep_within_reach(self, limit: float) -> None:
+        """``|k_ref * s - logit(threshold)| <= limit`` at the reference temperature."""
+        k = self.reference_temperature()
+        centre = math.log(self.threshold / (1.0 - self.threshold))
+        self.logits.clamp_((centre - limit) / k, (centre + limit) / k)
+
     def _soft_values(self) -> torch.Tensor:
         probs = self.probabilities()
         if not self.straight_through:

@@ -158,9 +158,11 @@ class GateOptimizer:
         lr: learning rate.
     """
 
-    def __init__(self, params: list[nn.Parameter], lr: float) -> None:
+    def __init__(
+        self, params: list[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)
+    ) -> None:
         self.params = list(params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas)
 
     def matches(self, params: list[nn.Parameter]) -> bool:
         """Whether it steps exactly ``params`` (re-inserted gates have new parameters)."""
@@ -336,6 +338,10 @@ class StructureLearning:
             controller.observe(module, pulls, prices)
         if self.owns_gate_optimizer:
             optimizer.step(grads)
+        reach = self.resolved.gate_reach if self.resolved is not None else None
+        if reach:
+            for gate in lp.get_gates(module):
+                gate.keep_within_reach(reach * gate.decision_span)
 
     def _gates_optimizer(self, params: list[nn.Parameter]) -> GateOptimizer:
         lr = self.resolved.gate_lr if self.resolved is not None else 1e-2
