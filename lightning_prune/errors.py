@@ -29,3 +29,15 @@ class CollapseError(PruningError):
 
 class PlanMismatchError(PruningError, ValueError):
     """A channel plan does not fit the model it is applied to."""
+
+
+class ExportError(PruningError):
+    """A network cannot be exported for deployment (ONNX); the message says why and the fix."""
+
+
+class ExportExistsError(ExportError, FileExistsError):
+    """The export target exists; lightning_prune never overwrites a file."""
+
+
+class MissingExtraError(ExportError, ImportError):
+    """An optional extra (e.g. ``lightning-prune[deploy]``) is needed but not installed."""
