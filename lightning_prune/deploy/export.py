@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,27 +192,26 @@ def serialize_onnx(
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} if t.dim() else None for t in inputs)
     try:
-        program = torch.onnx.export(
-            work,
-            inputs,
-            None,
-            dynamo=True,
-            input_names=list(input_names),
-            output_names=list(output_names),
-            opset_version=opset_version,
-            dynamic_shapes=dynamic_shapes,
-            optimize=optimize,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            # several inputs share the one ``batch`` dimension; the exporter notes it for each
+            warnings.filterwarnings("ignore", message=".*The axis name: batch will not be used")
+            program = torch.onnx.export(
+                work,
+                inputs,
+                None,
+                dynamo=True,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=opset_version,
+                dynamic_shapes=dynamic_shapes,
+                optimize=optimize,
+                verbose=False,
+            )
         assert program is not None
-        data = program.model_proto.SerializeToString()
+        proto = program.model_proto
+        data = proto.SerializeToString()
         opset = next(
-            (
-                int(o.version)
-                for o in program.model_proto.opset_import
-                if o.domain in ("", "ai.onnx")
-            ),
-            -1,
+            (int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1
         )
     except Exception as err:
         hint = (
