@@ -17,6 +17,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.deploy.extra import require
 from lightning_prune.module import _state
 from lightning_prune.profiling import format_table, measure_latency
 from lightning_prune.reporting.paths import run_directory
@@ -83,7 +84,10 @@ class NetworkCollapse(Callback):
     ``prune/collapse/*`` and as a table on rank 0), and saves the compact ``state_dict`` plus
     the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
     ``{filename}.json``, adding ``-1``, ``-2``, ... rather than overwriting. Only rank 0
-    writes; every rank collapses (identically: DDP keeps the gates in sync).
+    writes; every rank collapses (identically: DDP keeps the gates in sync). With
+    ``export_onnx=True`` it also writes ``{filename}.onnx`` with the same stem
+    (:func:`lightning_prune.export_onnx`: BatchNorm folded, dynamic batch, checked in ONNX
+    Runtime against the collapsed module on its example input).
 
     Rebuild elsewhere with::
 
@@ -109,9 +113,12 @@ class NetworkCollapse(Callback):
         stages: epochs at which to prune during training (increasing).
         thresholds: keep-probability thresholds of those stages (non-decreasing, in (0, 1)).
         collapse_on_fit_end: collapse when fitting ends.
+        export_onnx: also write the collapsed module as ``{filename}.onnx`` (needs the
+            ``deploy`` extra: ``pip install lightning-prune[deploy]``).
 
     Raises:
         ValueError: for inconsistent ``stages`` / ``thresholds`` or bad options.
+        MissingExtraError: ``export_onnx=True`` without the ``deploy`` extra installed.
 
     Example:
         >>> from lightning_prune.callbacks import NetworkCollapse
@@ -133,6 +140,7 @@ class NetworkCollapse(Callback):
         stages: Sequence[int] | None = None,
         thresholds: Sequence[float] | None = None,
         collapse_on_fit_end: bool = True,
+        export_onnx: bool = False,
     ) -> None:
         if weights_format not in ("safetensors", "pt"):
             raise ValueError(
@@ -166,6 +174,8 @@ class NetworkCollapse(Callback):
                 "thresholds must be keep-probabilities in (0, 1) that do not decrease from stage "
                 f"to stage (e.g. [0.01, 0.05, 0.25]), got {thresholds}."
             )
+        if export_onnx:
+            require("NetworkCollapse(export_onnx=True)")
         self.dirpath = dirpath
         self.filename = filename
         self.weights_format = weights_format
@@ -177,10 +187,12 @@ class NetworkCollapse(Callback):
         self.stages = [int(s) for s in stages]
         self.thresholds = [float(t) for t in thresholds]
         self.collapse_on_fit_end = collapse_on_fit_end
+        self.export_onnx = export_onnx
         self.completed_stages: list[int] = []
         self.summary: dict[str, float] = {}
         self.weights_path: Path | None = None
         self.plan_path: Path | None = None
+        self.onnx_path: Path | None = None
         self._dirpath: str | None = None
 
     @property
@@ -213,11 +225,23 @@ class NetworkCollapse(Callback):
         directory = Path(self._dirpath)
         directory.mkdir(parents=True, exist_ok=True)
         suffix = ".safetensors" if self.weights_format == "safetensors" else ".pt"
-        stem = unique_stem(directory, self.filename, [suffix, ".json"])
-        self.weights_path, self.plan_path = lp.save_pruned(
-            pl_module, stem, plan=plan, weights_format=self.weights_format
-        )
-        rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
+        saved = [suffix, ".json"] if self.save else []
+        suffixes = saved + ([".onnx"] if self.export_onnx else [])
+        stem = unique_stem(directory, self.filename, suffixes)
+        if self.save:
+            self.weights_path, self.plan_path = lp.save_pruned(
+                pl_module, stem, plan=plan, weights_format=self.weights_format
+            )
+            rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
+        if self.export_onnx:
+            example = _state.example_inputs_of(pl_module, owner="NetworkCollapse")
+            result = lp.export_onnx(pl_module, example, stem.with_name(stem.name + ".onnx"))
+            self.onnx_path = result.path
+            rank_zero_info(
+                f"NetworkCollapse: exported {self.onnx_path} (ONNX opset {result.opset}, "
+                f"{result.folded_norms} BatchNorms folded, dynamic batch; ONNX Runtime matches "
+                f"PyTorch within {max(result.errors.values()):.1e} of the output scale)"
+            )
 
     # ------------------------------------------------------------------------------ hooks
     @override
@@ -313,7 +337,7 @@ class NetworkCollapse(Callback):
             logger.save()
         rows = [{"": "dense (gated)", **before}, {"": "collapsed", **after}]
         rank_zero_info("NetworkCollapse:\n" + format_table(rows, float_format=",.4g"))
-        if self.save and trainer.is_global_zero:
+        if (self.save or self.export_onnx) and trainer.is_global_zero:
             self._write(trainer, pl_module, plan)
 
     @override
