@@ -250,3 +250,21 @@ def test_max_relative_error() -> None:
     assert max_relative_error([a], [a + 0.004]) == pytest.approx(1e-3, rel=1e-4)
     assert max_relative_error([a], [a.T]) == float("inf")
     assert max_relative_error([a, a], [a]) == float("inf")
+
+
+@needs_deploy
+def test_engine_benchmark_times_the_onnx_pair() -> None:
+    from benchmarks.bench_engine import onnxruntime_pair
+    from lightning_prune.deploy import to_onnxruntime
+
+    dense, x = _small(), torch.randn(1, 3, 12, 12)
+    gated = _small()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for gate in lp.augment(gated, x):
+            gate.set_mask(torch.arange(gate.num_channels) % 2 == 0)
+    compact = lp.collapse(gated.eval())
+    assert onnxruntime_pair(None, compact, x, x, repeats=1, rounds=1) == {}
+    row = onnxruntime_pair(to_onnxruntime(dense, x), compact, x, torch.randn(4, 3, 12, 12), 1, 1)
+    assert set(row) == {"latency_ort_ms", "speedup_ort", "export_s"}
+    assert row["latency_ort_ms"] > 0 and row["speedup_ort"] > 0 and row["export_s"] > 0
