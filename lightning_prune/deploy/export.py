@@ -223,7 +223,13 @@ def serialize_onnx(
             f"torch.onnx.export (dynamo) could not export {name}: {_first_line(err)}.{hint} "
             "Set LP_DEBUG=1 with the CLI to see the full traceback."
         ) from err
-    session = OnnxRuntimeModule(data)
+    try:
+        session = OnnxRuntimeModule(data)
+    except Exception as err:
+        raise ExportError(
+            f"ONNX Runtime could not load the ONNX export of {name}: {_first_line(err)}. Nothing "
+            "was written; try another opset_version or optimize=False."
+        ) from err
     errors: dict[str, float] = {}
     for label, x, reference in zip(("example", "random"), (inputs, fresh), references):
         try:
