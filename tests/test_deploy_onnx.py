@@ -268,3 +268,27 @@ def test_engine_benchmark_times_the_onnx_pair() -> None:
     row = onnxruntime_pair(to_onnxruntime(dense, x), compact, x, torch.randn(4, 3, 12, 12), 1, 1)
     assert set(row) == {"latency_ort_ms", "speedup_ort", "export_s"}
     assert row["latency_ort_ms"] > 0 and row["speedup_ort"] > 0 and row["export_s"] > 0
+
+
+@needs_deploy
+def test_a_fixed_batch_model_is_told_to_export_a_fixed_batch(tmp_path: Path) -> None:
+    class FixedBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(12, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(2, 12))
+
+    with pytest.raises(lp.ExportError) as info:
+        lp.export_onnx(FixedBatch(), torch.randn(2, 3, 4), tmp_path / "x.onnx")
+    message = str(info.value)
+    assert message.startswith("FixedBatch cannot run the random check batch of shape (3, 3, 4)")
+    assert message.endswith(
+        "if it fixes its batch size, export with dynamic_batch=False; check that "
+        "example_inputs is shaped like the real input."
+    )
+    result = lp.export_onnx(
+        FixedBatch(), torch.randn(2, 3, 4), tmp_path / "x.onnx", dynamic_batch=False
+    )
+    assert result.dynamic_batch is False and max(result.errors.values()) <= 1e-4

@@ -138,6 +138,116 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+def _references(
+    model: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]], dynamic_batch: bool
+) -> list[list[torch.Tensor]]:
+    """PyTorch outputs of ``model`` on each batch (the oracle the ONNX file must reproduce)."""
+    name = type(model).__name__
+    outputs = []
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            try:
+                outputs.append(_tensor_leaves(model(*batch)))
+            except Exception as err:
+                if index == 0:
+                    raise
+                hint = (
+                    "if it fixes its batch size, export with dynamic_batch=False; "
+                    if dynamic_batch
+                    else ""
+                )
+                raise ExportError(
+                    f"{name} cannot run the random check batch of shape "
+                    f"{tuple(batch[0].shape)} ({_first_line(err)}): {hint}check that "
+                    "example_inputs is shaped like the real input."
+                ) from err
+    if not outputs[0]:
+        raise ExportError(f"{name} returns no tensor, so there is nothing to export.")
+    return outputs
+
+
+def _to_onnx(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_batch: bool,
+    opset_version: int | None,
+    optimize: bool,
+) -> tuple[bytes, int]:
+    """Export with ``torch.onnx.export(dynamo=True)``: the serialised model and its opset."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} if t.dim() else None for t in inputs)
+    try:
+        with warnings.catch_warnings():
+            # several inputs share the one ``batch`` dimension; the exporter notes it for each
+            warnings.filterwarnings("ignore", message=".*The axis name: batch will not be used")
+            program = torch.onnx.export(
+                model,
+                inputs,
+                None,
+                dynamo=True,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=opset_version,
+                dynamic_shapes=dynamic_shapes,
+                optimize=optimize,
+                verbose=False,
+            )
+        assert program is not None
+        proto = program.model_proto
+        opset = next(
+            (int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1
+        )
+        return proto.SerializeToString(), opset
+    except Exception as err:
+        hint = (
+            " If the model fixes its batch size, export with dynamic_batch=False." * dynamic_batch
+        )
+        raise ExportError(
+            f"torch.onnx.export (dynamo) could not export {type(model).__name__}: "
+            f"{_first_line(err)}.{hint} Set LP_DEBUG=1 with the CLI to see the full traceback."
+        ) from err
+
+
+def _check(
+    data: bytes,
+    name: str,
+    batches: Sequence[tuple[torch.Tensor, ...]],
+    references: Sequence[list[torch.Tensor]],
+    rtol: float,
+) -> dict[str, float]:
+    """Run the file in ONNX Runtime on each batch; the relative errors, or an ExportError."""
+    from lightning_prune.deploy.runtime import OnnxRuntimeModule
+
+    try:
+        session = OnnxRuntimeModule(data)
+    except Exception as err:
+        raise ExportError(
+            f"ONNX Runtime could not load the ONNX export of {name}: {_first_line(err)}. Nothing "
+            "was written; try another opset_version or optimize=False."
+        ) from err
+    errors: dict[str, float] = {}
+    for label, x, reference in zip(("example", "random"), batches, references):
+        try:
+            outputs = _tensor_leaves(session(*x))
+        except Exception as err:
+            raise ExportError(
+                f"ONNX Runtime could not run the ONNX export of {name} on the {label} input "
+                f"(shape {tuple(x[0].shape)}): {_first_line(err)}. Nothing was written."
+            ) from err
+        errors[label] = max_relative_error(reference, outputs)
+        if not errors[label] <= rtol:
+            raise ExportError(
+                f"The ONNX export of {name} does not match PyTorch on the {label} input (max "
+                f"error {errors[label]:.3g} of the output scale, tolerance {rtol:g}); nothing was "
+                "written. Try optimize=False, or report it with the model."
+            )
+    return errors
+
+
 def serialize_onnx(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -172,87 +282,24 @@ def serialize_onnx(
             "lp.collapse(model)`, or NetworkCollapse in Lightning) and export the compact "
             "network; a gated model would export the gates and every pruned channel."
         )
-    from lightning_prune.deploy.runtime import OnnxRuntimeModule
-
     inputs = tuple(t.detach().cpu() for t in inputs)
-    fresh = _fresh_inputs(inputs, dynamic_batch, seed)
+    batches = (inputs, _fresh_inputs(inputs, dynamic_batch, seed))
     work = copy.deepcopy(model).cpu().eval()
-    with torch.no_grad():
-        references = [_tensor_leaves(work(*x)) for x in (inputs, fresh)]
-    if not references[0]:
-        raise ExportError(f"{name} returns no tensor, so there is nothing to export.")
+    references = _references(work, batches, dynamic_batch)
     norms = _count_norms(work)
     if fold_batchnorm:
-        work = fold_norms(work, inputs, inplace=True, rtol=rtol)
-    folded = norms - _count_norms(work)
+        work = fold_norms(work, inputs, inplace=True)
     input_names = _names("input", len(inputs))
     output_names = _names("output", len(references[0]))
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} if t.dim() else None for t in inputs)
-    try:
-        with warnings.catch_warnings():
-            # several inputs share the one ``batch`` dimension; the exporter notes it for each
-            warnings.filterwarnings("ignore", message=".*The axis name: batch will not be used")
-            program = torch.onnx.export(
-                work,
-                inputs,
-                None,
-                dynamo=True,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=opset_version,
-                dynamic_shapes=dynamic_shapes,
-                optimize=optimize,
-                verbose=False,
-            )
-        assert program is not None
-        proto = program.model_proto
-        data = proto.SerializeToString()
-        opset = next(
-            (int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1
-        )
-    except Exception as err:
-        hint = (
-            " If the model fixes its batch size, export with dynamic_batch=False."
-            if dynamic_batch
-            else ""
-        )
-        raise ExportError(
-            f"torch.onnx.export (dynamo) could not export {name}: {_first_line(err)}.{hint} "
-            "Set LP_DEBUG=1 with the CLI to see the full traceback."
-        ) from err
-    try:
-        session = OnnxRuntimeModule(data)
-    except Exception as err:
-        raise ExportError(
-            f"ONNX Runtime could not load the ONNX export of {name}: {_first_line(err)}. Nothing "
-            "was written; try another opset_version or optimize=False."
-        ) from err
-    errors: dict[str, float] = {}
-    for label, x, reference in zip(("example", "random"), (inputs, fresh), references):
-        try:
-            outputs = _tensor_leaves(session(*x))
-        except Exception as err:
-            raise ExportError(
-                f"ONNX Runtime could not run the ONNX export of {name} on the {label} input "
-                f"(batch {x[0].shape[0] if x[0].dim() else 1}): {_first_line(err)}. Nothing was "
-                "written."
-            ) from err
-        errors[label] = max_relative_error(reference, outputs)
-        if not errors[label] <= rtol:
-            raise ExportError(
-                f"The ONNX export of {name} does not match PyTorch on the {label} input (max "
-                f"error {errors[label]:.3g} of the output scale, tolerance {rtol:g}); nothing was "
-                "written. Try optimize=False, or report it with the model."
-            )
+    data, opset = _to_onnx(
+        work, inputs, input_names, output_names, dynamic_batch, opset_version, optimize
+    )
     check = OnnxExport(
         path=None,
-        errors=errors,
+        errors=_check(data, name, batches, references, rtol),
         rtol=rtol,
         opset=opset,
-        folded_norms=folded,
+        folded_norms=norms - _count_norms(work),
         input_names=input_names,
         output_names=output_names,
         dynamic_batch=dynamic_batch,
