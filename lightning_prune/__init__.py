@@ -12,6 +12,7 @@ The Lightning layer (``PrunableMixin``, ``lightning_prune.callbacks``) and the C
 """
 
 from lightning_prune import gates
+from lightning_prune.budget import AdaptiveController  # registers the default controller
 from lightning_prune.costs import (
     count_flops,
     count_params,
@@ -21,6 +22,7 @@ from lightning_prune.costs import (
 )
 from lightning_prune.deploy import export_onnx
 from lightning_prune.errors import (
+    ArgumentError,
     CollapseError,
     ExampleInputError,
     ExportError,
@@ -30,9 +32,11 @@ from lightning_prune.errors import (
     NothingToPruneError,
     PlanMismatchError,
     PruningError,
+    UnknownNameError,
     UntraceableModelError,
 )
 from lightning_prune.graph import trace_channels
+from lightning_prune.schedule import PruningSchedule
 from lightning_prune.surgery import (
     GateGroup,
     apply_channel_plan,
@@ -77,6 +81,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AdaptiveController",
+    "ArgumentError",
     "ClassificationModule",
     "CollapseError",
     "DynamicProbabilisticPruning",
@@ -91,8 +97,10 @@ __all__ = [
     "PrunableMixin",
     "PrunableModule",
     "PruningError",
+    "PruningSchedule",
     "SegmentationModule",
     "SparsityPenalty",
+    "UnknownNameError",
     "UntraceableModelError",
     "__version__",
     "apply_channel_plan",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from lightning_prune.errors import UnknownNameError
 
 T = TypeVar("T")
 
@@ -37,12 +40,18 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        """Return the object registered as ``name`` or raise a ``KeyError`` listing the choices."""
+        """Return the object registered as ``name``.
+
+        Raises:
+            UnknownNameError: (a ``KeyError``) listing the registered names, and the closest one.
+        """
         try:
             return self._items[name.lower()]
         except KeyError:
-            raise KeyError(
-                f"Unknown {self.kind} {name!r}. Available: {', '.join(sorted(self._items))}."
+            close = difflib.get_close_matches(name.lower(), list(self._items), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"Unknown {self.kind} {name!r}. Available: {', '.join(sorted(self._items))}." + hint
             ) from None
 
     def names(self) -> list[str]:

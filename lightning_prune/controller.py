@@ -155,17 +155,55 @@ class TargetController:
         self.multiplier = 0.0
         self.last_measured = math.nan
         self.steps = 0
+        #: The target in force now: a schedule ramps it from 1 down to :attr:`target`.
+        self.current_target = self.target
+        #: The multiplier of the last :meth:`penalty` (the one in this step's gradients).
+        self.applied_multiplier = 0.0
 
     def penalty(self, ratio: torch.Tensor) -> torch.Tensor:
-        """``lambda * (ratio - target)``: differentiable in ``ratio`` (the relaxed cost ratio)."""
-        return self.multiplier * (ratio - self.target)
+        """``lambda * (ratio - current target)``, differentiable in ``ratio`` (the relaxed one)."""
+        self.applied_multiplier = self.multiplier
+        return self.multiplier * (ratio - self.current_target)
 
     def update(self, measured: float) -> float:
         """Feed the measured ratio of this step; returns the new multiplier."""
         self.last_measured = float(measured)
         self.steps += 1
-        self.multiplier = self._update(self.last_measured - self.target)
+        self.multiplier = self._update(self.last_measured - self.current_target)
         return self.multiplier
+
+    def configure(self, structure_steps: int) -> None:
+        """Adapt gains that depend on the run's length (the number of structure-phase steps).
+
+        Called by the Lightning layer when ``fit`` starts. The base class has none.
+        """
+
+    def observe(
+        self,
+        model: torch.nn.Module,
+        pulls: list[torch.Tensor | None],
+        costs: list[torch.Tensor | None],
+    ) -> None:
+        """Feed this step's per-unit gradients on the gates (no-op by default).
+
+        Args:
+            model: the augmented model.
+            pulls: per gate, minus the loss gradient on the gate's values (positive where the
+                task wants the unit open), ``None`` for a gate that saw no gradient.
+            costs: per gate, the cost ratio's gradient on its keep-probabilities.
+        """
+
+    def unit_penalty(self, values: list[torch.Tensor]) -> torch.Tensor | None:
+        """A penalty with one multiplier per unit on the gates' values, if any.
+
+        ``None`` (the default): :meth:`penalty` on the cost ratio is used instead.
+        """
+        return None
+
+    @property
+    def wants_observations(self) -> bool:
+        """Whether :meth:`observe` should be fed (it costs a small extra backward pass)."""
+        return False
 
     def _update(self, error: float) -> float:
         raise NotImplementedError
@@ -185,6 +223,7 @@ class TargetController:
             "last_measured": self.last_measured,
             "steps": self.steps,
             "snapped": self.snapped,
+            "current_target": self.current_target,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -198,6 +237,7 @@ class TargetController:
         self.last_measured = float(state.get("last_measured", math.nan))
         self.steps = int(state.get("steps", 0))
         self.snapped = int(state.get("snapped", 0))
+        self.current_target = float(state.get("current_target", self.target))
 
     def __repr__(self) -> str:
         return (

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lightning_prune.counting import count_flops, count_params, module_flops
+from lightning_prune.surgery.masks import constant_role, effective_masks, spec_indices
 from lightning_prune.surgery.state import PruneState, gate_modules, require_state
 
 __all__ = [
@@ -80,12 +81,7 @@ class _CostIndex:
 
 
 def _index(state: PruneState, device: torch.device) -> _CostIndex:
-    key = str(device)
-    idx = state._index_cache.get(key)
-    if not isinstance(idx, _CostIndex):
-        idx = _CostIndex(state, device)
-        state._index_cache[key] = idx
-    return idx
+    return state.cached(f"cost:{device}", lambda: _CostIndex(state, device), _CostIndex)
 
 
 def _cost_from_values(
@@ -140,8 +136,6 @@ def hard_cost(model: nn.Module, kind: CostKind = "flops") -> float:
     Mirrors collapse exactly (its dead channels and constant layers included), so it equals
     ``count_flops`` / ``count_params`` of the collapsed model.
     """
-    from lightning_prune.surgery.masks import constant_role, effective_masks, spec_indices
-
     _check_kind(kind)
     state = require_state(model, "compute a hard cost")
     masks = effective_masks(state, gate_modules(model))

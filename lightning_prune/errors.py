@@ -31,6 +31,20 @@ class PlanMismatchError(PruningError, ValueError):
     """A channel plan does not fit the model it is applied to."""
 
 
+class ArgumentError(PruningError, ValueError):
+    """An argument is invalid (a gate option, an ``exclude`` pattern); raised before any work."""
+
+
+class UnknownNameError(PruningError, KeyError):
+    """A name (gate family, schedule, penalty, model) is not registered.
+
+    Unlike a plain ``KeyError``, its message prints as written, without quotes.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class ExportError(PruningError):
     """A network cannot be exported for deployment (ONNX); the message says why and the fix."""
 

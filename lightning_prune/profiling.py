@@ -26,7 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LatencyResult", "format_table", "measure_latency"]
+__all__ = [
+    "LatencyComparison",
+    "LatencyResult",
+    "compare_latency",
+    "format_table",
+    "measure_latency",
+]
 
 ExampleInputs = torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 """A tensor (``model(x)``), a tuple/list (``model(*xs)``) or a dict (``model(**kw)``)."""
@@ -194,6 +200,98 @@ def measure_latency(
         batch_size=batch_size,
         device=str(target),
         threads=used_threads,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyComparison:
+    """Median latencies of several models timed the same way (see :func:`compare_latency`).
+
+    Attributes:
+        median_ms: one median per model, in the order given.
+        batch_size: samples per timed forward.
+        device: where they ran.
+        threads: intra-op CPU threads.
+        rounds: alternating rounds.
+        repeats: timed forwards per model in all.
+    """
+
+    median_ms: list[float]
+    batch_size: int
+    device: str
+    threads: int
+    rounds: int
+    repeats: int
+
+    def settings(self) -> dict[str, Any]:
+        """How they were measured (for reports), without the numbers."""
+        return {
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "threads": self.threads,
+            "repeats": self.repeats,
+            "statistic": f"median of {self.rounds} alternating rounds",
+        }
+
+
+def compare_latency(
+    models: Sequence[nn.Module],
+    example_inputs: ExampleInputs,
+    rounds: int = 3,
+    repeats: int = 10,
+    warmup: int = 2,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+) -> LatencyComparison:
+    """Time several models on the same inputs in alternating rounds, each warmed up first.
+
+    Interleaving the models (rather than timing one, then the other) keeps a change of machine
+    load from favouring either, so their ratio (a speedup) compares like with like.
+
+    Args:
+        models: the modules to time (e.g. the dense network and the collapsed one).
+        example_inputs: as for :func:`measure_latency`.
+        rounds: alternating rounds (each model once per round).
+        repeats: timed forward passes per model in all (split over the rounds).
+        warmup: untimed passes per model before its first round.
+        threads: intra-op CPU threads (``None`` keeps the current value).
+        device: where to run (``None``: each model's own device).
+
+    Returns:
+        The median of each model's per-round medians, and the settings.
+
+    Example:
+        >>> import torch
+        >>> small, large = torch.nn.Linear(4, 2), torch.nn.Linear(4, 256)
+        >>> result = compare_latency([small, large], torch.randn(8, 4), rounds=2, repeats=4)
+        >>> len(result.median_ms), result.rounds, result.repeats
+        (2, 2, 4)
+    """
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"Need rounds >= 1 and repeats >= 1, got {rounds=}, {repeats=}.")
+    rounds = min(rounds, repeats)
+    per_round = max(1, repeats // rounds)
+    samples: list[list[float]] = [[] for _ in models]
+    result: LatencyResult | None = None
+    for index in range(rounds):
+        for model, times in zip(models, samples):
+            result = measure_latency(
+                model,
+                example_inputs,
+                warmup=warmup if index == 0 else 1,
+                repeats=per_round,
+                threads=threads,
+                device=device,
+            )
+            times.append(result.median_ms)
+    assert result is not None
+    return LatencyComparison(
+        median_ms=[statistics.median(times) for times in samples],
+        batch_size=result.batch_size,
+        device=result.device,
+        threads=result.threads,
+        rounds=rounds,
+        repeats=rounds * per_round,
     )
 
 

@@ -155,7 +155,7 @@ def test_invalid_arguments():
 
 
 def test_training_step_returning_none_is_an_error(tmp_path):
-    from lightning_prune.module._step import RETURNED_NONE
+    from lightning_prune.module.step import RETURNED_NONE
 
     class ReturnsNone(PlainModule):
         def training_step(self, batch, batch_idx):

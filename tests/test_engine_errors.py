@@ -135,3 +135,30 @@ def test_collapse_refuses_a_model_that_would_differ(monkeypatch: pytest.MonkeyPa
     with pytest.raises(lp.CollapseError, match=r"changed its outputs .*the model was not modified"):
         lp.collapse(model)
     assert lp.is_augmented(model)
+
+
+def test_collapse_refuses_a_compact_model_that_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torchvision.models.resnet18().eval()
+    gates = lp.augment(model, torch.randn(1, 3, 32, 32))
+    random_masks(gates, closed_every=0)
+    import lightning_prune.surgery.collapsing as collapse_mod
+
+    real = collapse_mod._slice_all
+
+    def corrupt(model: nn.Module, state, masks):
+        layers = real(model, state, masks)
+        model.fc = nn.Linear(3, 10)  # simulate a consumer the engine did not resize
+        return layers
+
+    monkeypatch.setattr(collapse_mod, "_slice_all", corrupt)
+    with pytest.raises(lp.CollapseError) as info:
+        lp.collapse(model)
+    assert str(info.value).startswith(
+        "Collapse of ResNet produced a model that cannot run (RuntimeError: "
+    )
+    assert str(info.value).endswith(
+        "the model was not modified. An operation between the gates and their consumers reads "
+        "channels the engine removed; please report it with the model, or pass its module path "
+        "in `exclude=` when augmenting."
+    )
+    assert lp.is_augmented(model)

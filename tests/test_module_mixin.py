@@ -9,7 +9,7 @@ from torch import nn
 
 import lightning_prune as lp
 from lightning_prune.module import PrunableMixin, gate_param_groups, isolate_gate_parameters
-from lightning_prune.module._step import NO_LOSS_KEY, RETURNED_NONE, add_penalty
+from lightning_prune.module.step import NO_LOSS_KEY, RETURNED_NONE, add_penalty
 from lightning_prune.penalties import SparsityPenalty
 
 

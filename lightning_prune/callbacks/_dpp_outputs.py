@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_prune.callbacks.collapse import unique_stem
 from lightning_prune.dpp import MacsReport, kept_macs
-from lightning_prune.module import _state
+from lightning_prune.module import state as model_state
 from lightning_prune.profiling import format_table
 
 __all__ = [
@@ -42,13 +42,13 @@ def one_sample_example(
     array = getattr(pl_module, "example_input_array", None)
     example: tuple[torch.Tensor, ...] | None
     if array is not None:
-        example = _state.as_tuple(array)
+        example = model_state.as_tuple(array)
     else:
-        example = _state.stored_example(pl_module) or fallback or None
+        example = model_state.stored_example(pl_module) or fallback or None
     if not example:
         return None
     one = tuple(t[:1] for t in example)
-    return _state.on_device(one, _state.model_device(pl_module))
+    return model_state.on_device(one, model_state.model_device(pl_module))
 
 
 def report_kept_macs(

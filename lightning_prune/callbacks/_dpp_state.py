@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from lightning_prune.dpp import fold_dpp_masks, get_dpp_masks, restore_dpp_masks
-from lightning_prune.module import _optim
+from lightning_prune.module import optim as gate_optim
 
 __all__ = [
     "FOLDED_ATTR",
@@ -59,10 +59,10 @@ def isolate_logit_group(
     Returns:
         How many logit tensors were moved.
     """
-    moved = _optim.isolate_parameters(
+    moved = gate_optim.isolate_parameters(
         configured,
         dpp_logit_parameters(model),
-        _optim.DPP_GROUP_KEY,
+        gate_optim.DPP_GROUP_KEY,
         lr,
         weight_decay,
     )

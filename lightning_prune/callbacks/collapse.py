@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from collections.abc import Sequence
@@ -18,8 +19,8 @@ from typing_extensions import override
 
 import lightning_prune as lp
 from lightning_prune.deploy.extra import require
-from lightning_prune.module import _state
-from lightning_prune.profiling import format_table, measure_latency
+from lightning_prune.module import state as model_state
+from lightning_prune.profiling import compare_latency, format_table
 from lightning_prune.reporting.paths import run_directory
 
 __all__ = ["NetworkCollapse", "unique_stem"]
@@ -74,15 +75,22 @@ def rebuild_optimizers(trainer: Trainer) -> None:
 
 
 class NetworkCollapse(Callback):
-    """Collapse the gated network when fitting ends (and optionally in stages during training).
+    """Collapse the gated network when its structure is fixed, and save it when ``fit`` ends.
 
-    At the end of ``fit`` the module is collapsed in place (``lp.collapse(..., inplace=True)``,
-    outputs verified equal), so it then holds the compact network: ``trainer.test()`` after
-    ``fit`` tests it, and ``trainer.save_checkpoint`` writes a checkpoint that
-    ``load_from_checkpoint`` rebuilds (the mixin stores the channel plan in it). It logs
-    parameters, FLOPs and measured latency before and after (to every logger as
-    ``prune/collapse/*`` and as a table on rank 0), and saves the compact ``state_dict`` plus
-    the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
+    When the structure phase of the run's :class:`~lightning_prune.PruningSchedule` ends (the
+    gates are frozen at their hard masks), the module is collapsed in place
+    (``lp.collapse(..., inplace=True)``, outputs verified equal on a real training batch and on
+    a random input) and the optimizers are rebuilt (``configure_optimizers`` runs again; the LR
+    schedule keeps its position), so the rest of ``fit`` trains the compact network. Without a
+    structure phase (or with ``collapse_on_structure_end=False``) it collapses at the end of
+    ``fit`` instead. Either way the module then holds the compact network: ``trainer.test()``
+    after ``fit`` tests it, and ``trainer.save_checkpoint`` writes a checkpoint that
+    ``load_from_checkpoint`` rebuilds (the mixin stores the channel plan in it).
+
+    At the end of ``fit`` it logs parameters, FLOPs and latency of the original dense network
+    and of the compact one, timed the same way (alternating rounds, warmed up; to every logger
+    as ``prune/collapse/*`` and as one table on rank 0), and saves the compact ``state_dict``
+    plus the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
     ``{filename}.json``, adding ``-1``, ``-2``, ... rather than overwriting. Only rank 0
     writes; every rank collapses (identically: DDP keeps the gates in sync). With
     ``export_onnx=True`` it also writes ``{filename}.onnx`` with the same stem
@@ -112,9 +120,11 @@ class NetworkCollapse(Callback):
         latency_batch_size: batch size for timing (``None``: the example input's).
         stages: epochs at which to prune during training (increasing).
         thresholds: keep-probability thresholds of those stages (non-decreasing, in (0, 1)).
-        collapse_on_fit_end: collapse when fitting ends.
-        export_onnx: also write the collapsed module as ``{filename}.onnx`` (needs the
-            ``deploy`` extra: ``pip install lightning-prune[deploy]``).
+        collapse_on_fit_end: collapse (if not done yet) and save when fitting ends.
+        collapse_on_structure_end: collapse as soon as the structure phase has frozen the
+            gates (with the schedule's ``final_phase="collapse"``), and keep training.
+        export_onnx: also write the collapsed module as ``{filename}.onnx`` when fitting ends
+            (needs the ``deploy`` extra: ``pip install lightning-prune[deploy]``).
 
     Raises:
         ValueError: for inconsistent ``stages`` / ``thresholds`` or bad options.
@@ -140,6 +150,7 @@ class NetworkCollapse(Callback):
         stages: Sequence[int] | None = None,
         thresholds: Sequence[float] | None = None,
         collapse_on_fit_end: bool = True,
+        collapse_on_structure_end: bool = True,
         export_onnx: bool = False,
     ) -> None:
         if weights_format not in ("safetensors", "pt"):
@@ -187,6 +198,7 @@ class NetworkCollapse(Callback):
         self.stages = [int(s) for s in stages]
         self.thresholds = [float(t) for t in thresholds]
         self.collapse_on_fit_end = collapse_on_fit_end
+        self.collapse_on_structure_end = collapse_on_structure_end
         self.export_onnx = export_onnx
         self.completed_stages: list[int] = []
         self.summary: dict[str, float] = {}
@@ -194,6 +206,9 @@ class NetworkCollapse(Callback):
         self.plan_path: Path | None = None
         self.onnx_path: Path | None = None
         self._dirpath: str | None = None
+        self._dense: nn.Module | None = None
+        self._batch_inputs: tuple[torch.Tensor, ...] | None = None
+        self._collapsed_step: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -201,23 +216,62 @@ class NetworkCollapse(Callback):
         return self._generate_state_key(filename=self.filename)
 
     # --------------------------------------------------------------------------- helpers
-    def _example(self, pl_module: nn.Module) -> tuple[torch.Tensor, ...]:
-        example = _state.example_inputs_of(pl_module, owner="NetworkCollapse")
-        if self.latency_batch_size is not None:
-            example = tuple(
-                t[:1].expand(self.latency_batch_size, *t.shape[1:]).contiguous() for t in example
-            )
-        return _state.on_device(example, _state.model_device(pl_module))
-
-    def _measure(self, pl_module: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, float]:
-        out = {
-            "params": float(lp.count_params(pl_module)),
-            "flops": float(lp.count_flops(pl_module, example)),
+    def _count(self, module: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        example = model_state.on_device(example, model_state.model_device(module))
+        return {
+            "params": float(lp.count_params(module)),
+            "flops": float(lp.count_flops(module, example)),
         }
-        if self.latency_repeats:
-            result = measure_latency(pl_module, example, warmup=2, repeats=self.latency_repeats)
-            out["latency_ms"] = result.median_ms
-        return out
+
+    def _snapshot_dense(self, pl_module: LightningModule) -> None:
+        """Keep a CPU copy of the original dense network (gates open, then removed)."""
+        if self._dense is not None or not lp.is_augmented(pl_module):
+            return
+        if model_state.was_collapsed(pl_module):
+            return  # pruned before this fit: the original is gone
+        dense = copy.deepcopy(pl_module).cpu()
+        for gate in lp.get_gates(dense):
+            gate.set_mask(torch.ones(gate.num_channels, dtype=torch.bool))
+        lp.collapse(dense, inplace=True, verify=False)
+        self._dense = dense.eval()
+
+    def _verify_inputs(self, pl_module: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+        """A real training batch (when one was seen) and a random input shaped like it."""
+        real = self._batch_inputs
+        if real is None:
+            real = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
+        device = model_state.model_device(pl_module)
+        inputs = [model_state.on_device(real, device)]
+        if all(t.is_floating_point() for t in real):
+            generator = torch.Generator().manual_seed(0)
+            noise = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype) for t in real)
+            inputs.append(model_state.on_device(noise, device))
+        return inputs
+
+    def _remember_batch(self, batch: Any) -> None:
+        try:
+            inputs = model_state.default_example_inputs(batch)
+        except lp.ExampleInputError:
+            return
+        self._batch_inputs = model_state.small_example(inputs)
+
+    def collapse_now(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Collapse the module in place during ``fit`` and rebuild the optimizers."""
+        self._snapshot_dense(pl_module)
+        lp.collapse(
+            pl_module,
+            round_to=self.round_to,
+            inplace=True,
+            verify=self.verify,
+            verify_inputs=self._verify_inputs(pl_module),
+        )
+        model_state.record_collapse(pl_module)
+        rebuild_optimizers(trainer)
+        self._collapsed_step = int(trainer.global_step)
+        rank_zero_info(
+            f"NetworkCollapse: collapsed at step {self._collapsed_step} (structure fixed); "
+            f"training continues on {lp.count_params(pl_module):,} parameters."
+        )
 
     def _write(self, trainer: Trainer, pl_module: nn.Module, plan: dict[str, Any]) -> None:
         if self._dirpath is None:  # resolved late: checkpoint dirpath and W&B ids exist now
@@ -234,7 +288,7 @@ class NetworkCollapse(Callback):
             )
             rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
         if self.export_onnx:
-            example = _state.example_inputs_of(pl_module, owner="NetworkCollapse")
+            example = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
             result = lp.export_onnx(pl_module, example, stem.with_name(stem.name + ".onnx"))
             self.onnx_path = result.path
             rank_zero_info(
@@ -257,6 +311,27 @@ class NetworkCollapse(Callback):
                 "NetworkCollapse(stages=...) supports single-device and DDP strategies, not "
                 f"{type(trainer.strategy).__name__}."
             )
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.latency_repeats and trainer.is_global_zero:
+            self._snapshot_dense(pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not lp.is_augmented(pl_module):
+            return
+        self._remember_batch(batch)
+        if not (self.collapse_on_structure_end and model_state.structure_fixed(pl_module)):
+            return
+        schedule = model_state.schedule_of(pl_module)
+        if schedule is not None and schedule.final_phase != "collapse":
+            return
+        if batch_idx % max(int(trainer.accumulate_grad_batches), 1):
+            return  # never between the micro-batches of one optimizer step
+        self.collapse_now(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -290,8 +365,8 @@ class NetworkCollapse(Callback):
         }
         before = float(lp.count_params(pl_module))
         lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
-        _state.record_collapse(pl_module)
-        _state.reaugment(pl_module, masks, saved)
+        model_state.record_collapse(pl_module)
+        model_state.reaugment(pl_module, masks, saved)
         rebuild_optimizers(trainer)
         after = float(lp.count_params(pl_module))
         metrics = {
@@ -314,20 +389,57 @@ class NetworkCollapse(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.collapse_on_fit_end:
             return
-        if not lp.is_augmented(pl_module):
+        if lp.is_augmented(pl_module):
+            self._snapshot_dense(pl_module)
+            lp.collapse(
+                pl_module,
+                round_to=self.round_to,
+                inplace=True,
+                verify=self.verify,
+                verify_inputs=self._verify_inputs(pl_module),
+            )
+            plan = model_state.record_collapse(pl_module)
+        elif self._collapsed_step is not None or (
+            self._dense is not None and model_state.was_collapsed(pl_module)
+        ):
+            plan = model_state.composed_plan(pl_module) or lp.channel_plan(pl_module)
+        else:
             rank_zero_warn(
                 "NetworkCollapse: the model has no gates at the end of fit; nothing to collapse."
             )
             return
-        example = self._example(pl_module)
-        before = self._measure(pl_module, example)
-        lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
-        plan = _state.record_collapse(pl_module)
-        after = self._measure(pl_module, example)
+        self._report(trainer, pl_module)
+        if (self.save or self.export_onnx) and trainer.is_global_zero:
+            self._write(trainer, pl_module, plan)
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Original dense vs compact network, counted and timed the same way; logged."""
+        example = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
+        after = self._count(pl_module, example)
+        before = self._count(self._dense, example) if self._dense is not None else {}
+        if self.latency_repeats and self._dense is not None:
+            batch = example
+            if self.latency_batch_size is not None:
+                batch = tuple(
+                    t[:1].expand(self.latency_batch_size, *t.shape[1:]).contiguous()
+                    for t in example
+                )
+            timed = compare_latency(
+                [self._dense, pl_module],
+                batch,
+                rounds=min(3, self.latency_repeats),
+                repeats=self.latency_repeats,
+                device=model_state.model_device(pl_module),
+            )
+            before["latency_ms"], after["latency_ms"] = timed.median_ms
+        self._dense = None
         self.summary = {f"prune/collapse/{k}_before": v for k, v in before.items()}
         self.summary.update({f"prune/collapse/{k}_after": v for k, v in after.items()})
-        self.summary["prune/collapse/flops_ratio"] = after["flops"] / max(before["flops"], 1.0)
-        self.summary["prune/collapse/params_ratio"] = after["params"] / max(before["params"], 1.0)
+        if before:
+            self.summary["prune/collapse/flops_ratio"] = after["flops"] / max(before["flops"], 1.0)
+            self.summary["prune/collapse/params_ratio"] = after["params"] / max(
+                before["params"], 1.0
+            )
         if "latency_ms" in after:
             self.summary["prune/collapse/speedup"] = before["latency_ms"] / max(
                 after["latency_ms"], 1e-9
@@ -335,16 +447,14 @@ class NetworkCollapse(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(self.summary, step=trainer.global_step)
             logger.save()
-        rows = [{"": "dense (gated)", **before}, {"": "collapsed", **after}]
+        rows = [{"": "dense (original)", **before}, {"": "collapsed", **after}]
         rank_zero_info("NetworkCollapse:\n" + format_table(rows, float_format=",.4g"))
-        if (self.save or self.export_onnx) and trainer.is_global_zero:
-            self._write(trainer, pl_module, plan)
 
     @override
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint.setdefault(_state.CHECKPOINT_KEY, _state.checkpoint_state(pl_module))
+        checkpoint.setdefault(model_state.CHECKPOINT_KEY, model_state.checkpoint_state(pl_module))
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -44,8 +44,8 @@ from lightning_prune.callbacks._hooks import hook_owner, install_hook, uninstall
 from lightning_prune.callbacks.relaxed_pruning import default_example_inputs
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
 from lightning_prune.dpp import MacsReport, TopKMask, export_int8, get_dpp_masks
-from lightning_prune.module import _state
-from lightning_prune.module._step import PenaltyApplier
+from lightning_prune.module import state as model_state
+from lightning_prune.module.step import PenaltyApplier
 from lightning_prune.penalties import SparsityPenalty
 from lightning_prune.reporting.paths import run_directory
 
@@ -313,7 +313,9 @@ class DynamicProbabilisticPruning(Callback):
     ) -> None:
         if self._example is None and getattr(pl_module, "example_input_array", None) is None:
             try:
-                self._example = _state.small_example(default_example_inputs(batch, self.input_key))
+                self._example = model_state.small_example(
+                    default_example_inputs(batch, self.input_key)
+                )
             except Exception:  # no tensor input to find: the MACs report is skipped
                 self._example = ()
         if self.annealer is not None and get_dpp_masks(pl_module):

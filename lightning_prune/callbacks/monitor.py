@@ -13,6 +13,7 @@ from typing_extensions import override
 import lightning_prune as lp
 from lightning_prune.dpp.apply import _mask_items
 from lightning_prune.dpp.diagnostics import mask_confidence, mask_diversity
+from lightning_prune.module import state as model_state
 
 __all__ = ["SparsityMonitor"]
 
@@ -207,7 +208,7 @@ class SparsityMonitor(Callback):
         self._last_step = step
         metrics = self.compute(pl_module)
         if not metrics:
-            if not self._warned:
+            if not self._warned and not model_state.was_collapsed(pl_module):
                 rank_zero_warn(
                     "SparsityMonitor found no gates or DPP masks in the model; nothing to log."
                 )

@@ -17,13 +17,15 @@ from lightning_prune.callbacks._hooks import InstanceHook, hook_owner, install_h
 from lightning_prune.callbacks.collapse import NetworkCollapse
 from lightning_prune.callbacks.monitor import SparsityMonitor
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
-from lightning_prune.controller import PIController
-from lightning_prune.module import _optim, _state
-from lightning_prune.module._step import PenaltyApplier, finish_penalty
+from lightning_prune.module import optim as gate_optim
+from lightning_prune.module import state as model_state
 from lightning_prune.module.mixin import PrunableMixin
-from lightning_prune.penalties import SparsityPenalty
+from lightning_prune.module.state import default_example_inputs
+from lightning_prune.module.structure import StructureLearning, resolve_schedule_argument
+from lightning_prune.penalties import DEFAULT_TARGET, SparsityPenalty, default_penalty
+from lightning_prune.schedule import PruningSchedule
 
-__all__ = ["RelaxedPruning"]
+__all__ = ["RelaxedPruning", "default_example_inputs"]
 
 MIXIN_CONFLICT = (
     "RelaxedPruning was given {name}, a PrunableMixin module, which already inserts gates and "
@@ -36,7 +38,6 @@ NO_EXAMPLE = (
     "`model.example_input_array = torch.zeros(2, 3, H, W)` (a batch shaped like the input)."
 )
 
-_INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values")
 _WRAPPED = (
     "training_step",
     "configure_optimizers",
@@ -49,43 +50,6 @@ _WRAPPED = (
 #: Kept for code that referred to the old private name.
 _Wrapped = InstanceHook
 _owner = hook_owner
-
-
-def default_example_inputs(batch: Any, key: int | str | None = None) -> torch.Tensor:
-    """The network input inside a training batch.
-
-    ``key`` picks it (an index into a tuple / list batch, or a dict key). Without one: the
-    batch itself if it is a tensor, its first element if it is a tuple / list, or the first of
-    ``image``, ``images``, ``input``, ``inputs``, ``x``, ``pixel_values`` in a dict.
-
-    Raises:
-        ExampleInputError: when no tensor input can be found.
-
-    Example:
-        >>> x = torch.zeros(4, 3, 8, 8)
-        >>> default_example_inputs((x, torch.zeros(4))).shape
-        torch.Size([4, 3, 8, 8])
-        >>> default_example_inputs({"label": 0, "image": x}).shape
-        torch.Size([4, 3, 8, 8])
-    """
-    if key is not None:
-        value = batch[key]
-    elif isinstance(batch, torch.Tensor):
-        value = batch
-    elif isinstance(batch, (tuple, list)) and batch:
-        value = batch[0]
-    elif isinstance(batch, Mapping):
-        value = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
-    else:
-        value = None
-    if not isinstance(value, torch.Tensor):
-        raise lp.ExampleInputError(
-            "Cannot tell the network input apart in a training batch of type "
-            f"{type(batch).__name__}; "
-            "pass RelaxedPruning(input_key=...) (an index or dict key) or set "
-            "`model.example_input_array`."
-        )
-    return value
 
 
 class RelaxedPruning(Callback):
@@ -107,40 +71,50 @@ class RelaxedPruning(Callback):
        gradients are exactly those of ``loss + penalty``: Lightning then divides by
        ``accumulate_grad_batches``, scales under AMP and runs it inside the DDP forward.
        ``on_train_batch_end`` and ``on_before_backward`` would be too late.
-    3. The gates' parameters get their own optimizer group with no weight decay (the wrapper of
-       ``configure_optimizers``), the temperature is annealed
-       (:class:`TemperatureAnnealing`), sparsity is logged (:class:`SparsityMonitor`), and the
-       network is collapsed when ``fit`` ends (:class:`NetworkCollapse`).
+    3. ``fit`` follows a :class:`~lightning_prune.PruningSchedule` derived from the run's
+       length and shown as a table when it starts: in the structure phase the FLOPs target
+       ramps from 1 down to ``target`` while the gates learn (with their own Adam optimizer,
+       taken out of the module's, at a learning rate derived from the phase's length), then
+       holds while the temperature anneal (:class:`TemperatureAnnealing`) makes them binary;
+       then the controller snaps to the budget, the share of units the gates did not decide
+       themselves is logged (``prune/snap_share``; a warning above 5%), the gates are frozen,
+       and :class:`NetworkCollapse` collapses the network and rebuilds the optimizers, so
+       the final phase trains the compact network that is saved at the end of ``fit``.
+       Sparsity is logged throughout (:class:`SparsityMonitor`).
     4. Checkpoints: the module's ``on_save_checkpoint`` / ``on_load_checkpoint`` are wrapped the
        same way, so resuming (also after a staged collapse) rebuilds the structure before the
        weights load. The callback's own state holds the controller and the sub-callbacks.
 
-    With the defaults the network is trained to half its FLOPs (``target=0.5``, PI controller
-    on the hard FLOPs) with sigmoid gates annealed from slope 5 to 30. Using it on a
-    :class:`~lightning_prune.PrunableMixin` module is an error.
+    With the defaults the network is trained to half its FLOPs (``target=0.5``, an adaptive
+    controller on the hard FLOPs) with sigmoid gates annealed from slope 5 to 30; the same
+    defaults as :class:`~lightning_prune.PrunableMixin`, the ready modules and the CLI configs.
+    Using it on a :class:`~lightning_prune.PrunableMixin` module is an error.
 
     Args:
-        target: FLOPs ratio to reach with a PI controller (ignored when ``penalty`` is given;
-            ``None`` without a penalty: paper 1's ``0.5 * |A / A_dense|``).
+        target: FLOPs ratio to reach (ignored when ``penalty`` is given; ``None`` without a
+            penalty: paper 1's open-loop ``0.5 * |A / A_dense|``).
         penalty: a full :class:`~lightning_prune.penalties.SparsityPenalty` instead.
+        schedule: the phase split (default :class:`~lightning_prune.PruningSchedule`).
         gate: gate family name.
         gate_kwargs: keyword arguments of the gate class.
         exclude: module path patterns never pruned.
         gate_init: importance criterion seeding the gates' starting order (``"magnitude"``,
             ``"l1"``; ``None``: uniform start; see :func:`lightning_prune.init_gates`).
         gate_init_spread: half-width of that seeding in logit units.
-        schedule: temperature schedule name (``None``: no annealing).
+        temperature_schedule: temperature schedule name (``None``: no annealing).
         temperature: ``(start, end)`` of the schedule (``None``: the gate family's default).
-        anneal_interval: anneal per ``"step"`` or per ``"epoch"``.
+        anneal_interval: anneal per ``"step"`` or per ``"epoch"`` (over the structure phase).
         monitor: add a :class:`SparsityMonitor`.
         log_every_n_steps: its period (``None``: the Trainer's).
         collapse: add a :class:`NetworkCollapse` (collapse at the end of ``fit``).
         dirpath: where it saves the compact weights and plan (``None``: the log dir).
         filename: their file stem.
         round_to: round kept widths up to a multiple of this.
-        separate_gate_group: give gate parameters their own optimizer group.
-        gate_lr: that group's base learning rate (``None``: the original group's).
-        gate_weight_decay: that group's weight decay.
+        gate_optimizer: ``"adam"``: the gates' own optimizer; ``"shared"``: the module's.
+        separate_gate_group: with ``"shared"``, give gate parameters their own optimizer group.
+        gate_lr: learning rate of the gates (``None``: derived from the schedule; with
+            ``"shared"``: that of the group they came from).
+        gate_weight_decay: that group's weight decay (``"shared"`` only).
         input_key: where the input sits in a training batch (index or dict key), for peeking.
 
     Raises:
@@ -156,14 +130,15 @@ class RelaxedPruning(Callback):
 
     def __init__(
         self,
-        target: float | None = 0.5,
+        target: float | None = DEFAULT_TARGET,
         penalty: SparsityPenalty | None = None,
+        schedule: PruningSchedule | None = None,
         gate: str = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
         gate_init: str | None = None,
         gate_init_spread: float = 2.0,
-        schedule: str | None = "cubic",
+        temperature_schedule: str | None = "cubic",
         temperature: tuple[float, float] | None = None,
         anneal_interval: Literal["step", "epoch"] = "step",
         monitor: bool = True,
@@ -172,13 +147,14 @@ class RelaxedPruning(Callback):
         dirpath: str | None = None,
         filename: str = "pruned",
         round_to: int = 1,
+        gate_optimizer: Literal["adam", "shared"] = "adam",
         separate_gate_group: bool = True,
         gate_lr: float | None = None,
         gate_weight_decay: float = 0.0,
         input_key: int | str | None = None,
     ) -> None:
         try:
-            self.gate_setup = _state.GateSetup(
+            self.gate_setup = model_state.GateSetup(
                 gate, dict(gate_kwargs or {}), tuple(exclude), gate_init, gate_init_spread
             )
         except KeyError as err:
@@ -190,25 +166,27 @@ class RelaxedPruning(Callback):
                 "callback alone."
             )
         if penalty is None:
-            penalty = (
-                SparsityPenalty(controller=PIController(target))
-                if target is not None
-                else SparsityPenalty()
-            )
+            penalty = default_penalty(target)
         elif not isinstance(penalty, SparsityPenalty):
             raise TypeError(f"penalty must be a SparsityPenalty, got {type(penalty).__name__}.")
         if temperature is not None and len(tuple(temperature)) != 2:
             raise ValueError(f"temperature is a (start, end) pair, got {temperature!r}.")
         self.penalty = penalty
+        self.structure = StructureLearning(
+            penalty,
+            resolve_schedule_argument(schedule, gate_lr, gate_optimizer),
+            gate_optimizer=gate_optimizer,
+            owner="RelaxedPruning",
+        )
         self.separate_gate_group = separate_gate_group
         self.gate_lr = gate_lr
         self.gate_weight_decay = gate_weight_decay
         self.input_key = input_key
         self.callbacks: dict[str, Callback] = {}
-        if schedule is not None:
+        if temperature_schedule is not None:
             start, end = temperature if temperature is not None else (None, None)
             self.callbacks["annealing"] = TemperatureAnnealing(
-                schedule, start, end, interval=anneal_interval
+                temperature_schedule, start, end, interval=anneal_interval
             )
         if monitor:
             self.callbacks["monitor"] = SparsityMonitor(log_every_n_steps=log_every_n_steps)
@@ -216,7 +194,6 @@ class RelaxedPruning(Callback):
             self.callbacks["collapse"] = NetworkCollapse(
                 dirpath=dirpath, filename=filename, round_to=round_to
             )
-        self._applier = PenaltyApplier(self.penalty)
         self._example: torch.Tensor | tuple[torch.Tensor, ...] | None = None
 
     # ------------------------------------------------------------------------ wrapping
@@ -225,13 +202,15 @@ class RelaxedPruning(Callback):
         module = _owner(original)
         if not module.automatic_optimization:
             return output
-        return self._applier(module, output)
+        return self.structure.add_penalty(module, output)
 
     def _around_configure_optimizers(self, original: Callable, *args: Any, **kwargs: Any) -> Any:
         configured = original(*args, **kwargs)
-        if self.separate_gate_group:
-            module = _owner(original)
-            moved = _optim.isolate_gate_parameters(
+        module = _owner(original)
+        if self.structure.owns_gate_optimizer:
+            gate_optim.remove_parameters(configured, gate_optim.gate_parameters(module))
+        elif self.separate_gate_group:
+            moved = gate_optim.isolate_gate_parameters(
                 configured, module, self.gate_lr, self.gate_weight_decay
             )
             if moved:
@@ -244,13 +223,13 @@ class RelaxedPruning(Callback):
         self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
     ) -> Any:
         result = original(checkpoint, *a, **k)
-        checkpoint[_state.CHECKPOINT_KEY] = _state.checkpoint_state(_owner(original))
+        checkpoint[model_state.CHECKPOINT_KEY] = model_state.checkpoint_state(_owner(original))
         return result
 
     def _around_on_load_checkpoint(
         self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
     ) -> Any:
-        _state.restore_structure(_owner(original), checkpoint.get(_state.CHECKPOINT_KEY))
+        model_state.restore_structure(_owner(original), checkpoint.get(model_state.CHECKPOINT_KEY))
         return original(checkpoint, *a, **k)
 
     def _around_configure_model(self, original: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -280,12 +259,12 @@ class RelaxedPruning(Callback):
         return default_example_inputs(batch, self.input_key)
 
     def _augment(self, pl_module: LightningModule) -> None:
-        if lp.is_augmented(pl_module) or _state.was_collapsed(pl_module):
+        if lp.is_augmented(pl_module) or model_state.was_collapsed(pl_module):
             return
         example = self._example
         if example is None:
-            example = _state.example_inputs_of(pl_module, owner="RelaxedPruning")
-        gates = _state.augment_module(pl_module, example, self.gate_setup)
+            example = model_state.example_inputs_of(pl_module, owner="RelaxedPruning")
+        gates = model_state.augment_module(pl_module, example, self.gate_setup)
         rank_zero_info(
             f"RelaxedPruning: {len(gates)} channel groups gated "
             f"({sum(g.num_channels for g in gates)} channels, {self.gate_setup.gate} gates)."
@@ -319,7 +298,14 @@ class RelaxedPruning(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.structure.start(trainer, pl_module)
         self._forward("on_fit_start", trainer, pl_module)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Any
+    ) -> None:
+        self.structure.before_optimizer_step(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -335,6 +321,7 @@ class RelaxedPruning(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.structure.after_batch(trainer, pl_module)
         self._forward("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
 
     @override
@@ -343,8 +330,7 @@ class RelaxedPruning(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if lp.is_augmented(pl_module):
-            finish_penalty(pl_module, self.penalty)
+        self.structure.on_train_end(trainer, pl_module)
         self._forward("on_train_end", trainer, pl_module)
 
     @override
@@ -360,13 +346,16 @@ class RelaxedPruning(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "penalty": self.penalty.state_dict(),
+            "structure": self.structure.state_dict(),
             "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.penalty.load_state_dict(state_dict.get("penalty") or {})
+        if state_dict.get("structure"):
+            self.structure.load_state_dict(state_dict["structure"])
+        else:  # written before the schedule existed
+            self.penalty.load_state_dict(state_dict.get("penalty") or {})
         saved = state_dict.get("callbacks") or {}
         for name, callback in self.callbacks.items():
             if name in saved:

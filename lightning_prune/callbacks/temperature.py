@@ -16,6 +16,7 @@ from typing_extensions import override
 import lightning_prune as lp
 from lightning_prune.callbacks.schedules import get_schedule, progress_between
 from lightning_prune.dpp import TopKMask, get_dpp_masks
+from lightning_prune.module import state as model_state
 
 __all__ = ["TemperatureAnnealing"]
 
@@ -69,7 +70,14 @@ class TemperatureAnnealing(Callback):
     same run. Given values apply to every targeted family, so with sigmoid gates *and* DPP
     masks use one callback per family (``targets``).
 
-    With ``interval="epoch"`` the value is set at the start of each epoch ``e`` from
+    Inside a pruning run (a module with :class:`~lightning_prune.PrunableMixin` or the
+    :class:`RelaxedPruning` callback) and without ``start_epoch`` / ``end_epoch``, the schedule
+    follows the run's :class:`~lightning_prune.PruningSchedule`: ``start`` while the target
+    ramps, then annealed over the rest of the structure phase (set before every batch from the
+    global step), so the gates reach ``end`` exactly when the structure is fixed, however long
+    the run.
+
+    Otherwise, with ``interval="epoch"`` the value is set at the start of each epoch ``e`` from
     ``(e - start_epoch) / (end_epoch - start_epoch)``; ``end_epoch`` defaults to
     ``max_epochs - 1``, so the last epoch trains at ``end``. With ``interval="step"`` it is set
     before every batch from the fractional epoch ``epoch + batch_idx / batches_per_epoch``;
@@ -185,6 +193,19 @@ class TemperatureAnnealing(Callback):
             end_epoch = float(max_epochs - 1 if self.interval == "epoch" else max_epochs)
         self._end_epoch = end_epoch
 
+    def _structure_progress(self, trainer: Trainer, pl_module: LightningModule) -> float | None:
+        """Progress through the run's structure phase, when the schedule follows it."""
+        if self.end_epoch is not None or self.start_epoch != 0:
+            return None
+        schedule = model_state.schedule_of(pl_module)
+        if schedule is None:
+            return None
+        return float(schedule.anneal_progress(int(trainer.global_step)))
+
+    def _value(self, family: Family, progress: float) -> float:
+        resolved = self._resolved[family]
+        return float(resolved["fn"](progress, resolved["start"], resolved["end"]))
+
     def value_at(self, epoch: float, family: Family = "gates") -> float:
         """The temperature of ``family`` at a (fractional) epoch (resolved or given settings)."""
         resolved = self._resolved.get(family, {})
@@ -213,16 +234,28 @@ class TemperatureAnnealing(Callback):
         return bool(modules)
 
     def _apply(
-        self, pl_module: LightningModule, epoch: float, stored: bool = False
+        self,
+        pl_module: LightningModule,
+        epoch: float,
+        stored: bool = False,
+        progress: float | None = None,
     ) -> dict[str, float]:
-        """Set every targeted family's value at ``epoch``; returns ``{log key: value}`` set."""
+        """Set every targeted family's value; returns ``{log key: value}`` set.
+
+        The value at ``progress`` through the structure phase when given, else at ``epoch``.
+        """
         applied = {}
         for family in self.families:
             saved = self.value if family == "gates" else self.dpp_value
-            value = saved if stored and saved is not None else self.value_at(epoch, family)
+            if stored and saved is not None:
+                value = saved
+            elif progress is not None:
+                value = self._value(family, progress)
+            else:
+                value = self.value_at(epoch, family)
             if self._set(pl_module, family, value):
                 applied[LOG_KEYS[family]] = value
-        if not applied and not self._warned:
+        if not applied and not self._warned and not model_state.was_collapsed(pl_module):
             rank_zero_warn(
                 "TemperatureAnnealing found no gates or DPP masks in the model (targets="
                 f"{self.targets!r}); use PrunableMixin or the RelaxedPruning callback (or "
@@ -237,11 +270,16 @@ class TemperatureAnnealing(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._resolved = {}
         self._resolve(trainer, pl_module)
-        self._apply(pl_module, trainer.current_epoch, stored=True)
+        self._apply(
+            pl_module,
+            trainer.current_epoch,
+            stored=True,
+            progress=self._structure_progress(trainer, pl_module),
+        )
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.interval != "epoch":
+        if self.interval != "epoch" or self._structure_progress(trainer, pl_module) is not None:
             return
         self._resolve(trainer, pl_module)
         applied = self._apply(pl_module, trainer.current_epoch)
@@ -253,12 +291,13 @@ class TemperatureAnnealing(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.interval != "step":
+        progress = self._structure_progress(trainer, pl_module)
+        if self.interval != "step" and progress is None:
             return
         self._resolve(trainer, pl_module)
         per_epoch = trainer.num_training_batches
         fraction = batch_idx / per_epoch if math.isfinite(per_epoch) and per_epoch > 0 else 0.0
-        applied = self._apply(pl_module, trainer.current_epoch + fraction)
+        applied = self._apply(pl_module, trainer.current_epoch + fraction, progress=progress)
         if self.log:
             for key, value in applied.items():
                 pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)

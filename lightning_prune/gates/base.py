@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -36,6 +38,10 @@ class ChannelGate(nn.Module):
     stochastic: bool = False
     #: The default annealing direction and range, used when no schedule is configured.
     default_temperature_range: tuple[float, float] = (1.0, 1.0)
+    #: How far (in units of the gate's trainable parameter) a unit travels from its initial
+    #: value to a confidently closed state. :class:`~lightning_prune.PruningSchedule` derives the
+    #: gates' learning rate from it, so every family can decide within the structure phase.
+    decision_span: float = 2.0
     #: Scalar buffer registered in ``__init__`` (declared for type checkers).
     temperature: torch.Tensor
 
@@ -49,7 +55,18 @@ class ChannelGate(nn.Module):
         self.threshold = float(threshold)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.min_kept = 0
+        self.frozen = False
+        #: When set, training-mode forwards accumulate ``d loss / d values`` in
+        #: :attr:`value_grad` (the task's pull on each unit, read by the Lightning layer).
+        self.track_value_grads = False
+        self.value_grad: torch.Tensor | None = None
         self._cached: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cached"] = None  # a sample inside the autograd graph: never copied or pickled
+        state["value_grad"] = None
+        return state
 
     # ----------------------------------------------------------------- contract
     def probabilities(self) -> torch.Tensor:
@@ -107,19 +124,64 @@ class ChannelGate(nn.Module):
         mask[torch.topk(scores.detach().float(), need).indices] = True
         return mask
 
+    def decision_logits(self) -> torch.Tensor:
+        """Signed distance of each unit from the keep threshold, in logit units (differentiable).
+
+        ``logit(p) - logit(threshold)``: positive for kept units. The fence-sitter penalty pushes
+        it away from 0.
+        """
+        p = self.probabilities().clamp(1e-6, 1 - 1e-6)
+        return torch.logit(p) - math.log(self.threshold / (1.0 - self.threshold))
+
+    def decided(self, tolerance: float = 0.05) -> torch.Tensor:
+        """Which units the gate decided on its own (boolean, shape ``[num_channels]``).
+
+        Decided means a keep-probability within ``tolerance`` of 0 or 1. A unit that is not
+        decided when the structure is fixed gets its keep/drop state from the threshold (or the
+        budget snap), not from training: the share of such units measures how much of the
+        pruning the relaxation really did.
+        """
+        with torch.no_grad():
+            probs = self.probabilities()
+            return (probs <= tolerance) | (probs >= 1.0 - tolerance)
+
+    def freeze(self) -> None:
+        """Fix the gate at its hard mask: training-mode calls return it too, with no gradient.
+
+        What the structure phase hands to the final phase: the network then trains on exactly
+        the structure collapse will keep. :meth:`set_mask` still changes the frozen mask.
+        """
+        self.frozen = True
+        for param in self.parameters():
+            param.requires_grad_(False)
+
     def reset_sample(self) -> None:
         """Forget the cached sample; the surgery engine calls this before each model forward."""
         self._cached = None
 
     def forward(self) -> torch.Tensor:
         """Per-unit multiplier: relaxed values in training mode, the hard mask in eval mode."""
-        if not self.training:
+        if self.frozen or not self.training:
             return self.hard_mask().to(self.temperature.dtype)
         if not self.stochastic:
-            return self._soft_values()
+            return self._tracked(self._soft_values())
         if self._cached is None:
-            self._cached = self._soft_values()
+            self._cached = self._tracked(self._soft_values())
         return self._cached
+
+    def _tracked(self, values: torch.Tensor) -> torch.Tensor:
+        if self.track_value_grads and values.requires_grad:
+            values.register_hook(self._accumulate_value_grad)
+        return values
+
+    def _accumulate_value_grad(self, grad: torch.Tensor) -> None:
+        grad = grad.detach().float()
+        self.value_grad = grad if self.value_grad is None else self.value_grad + grad
+
+    def pop_value_grad(self) -> torch.Tensor | None:
+        """The accumulated ``d loss / d values`` since the last call (then cleared)."""
+        grad, self.value_grad = self.value_grad, None
+        return grad
 
     def _check_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """``mask`` validated, with at least ``min_kept`` units (the most probable) kept."""
@@ -137,5 +199,7 @@ class ChannelGate(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_channels={self.num_channels}, temperature={float(self.temperature):.3g}, "
-            f"threshold={self.threshold}" + (f", min_kept={self.min_kept}" if self.min_kept else "")
+            f"threshold={self.threshold}"
+            + (f", min_kept={self.min_kept}" if self.min_kept else "")
+            + (", frozen" if self.frozen else "")
         )

@@ -227,6 +227,8 @@ class GumbelTopKGate(ChannelGate):
     default_temperature_range = (5.0, 0.5)
     #: The paper anneals ``tau`` linearly (read by ``TemperatureAnnealing`` without a schedule).
     default_temperature_schedule = "linear"
+    #: Logits start equal; a few units apart separates the top-k from the rest.
+    decision_span = 4.0
     num_kept: torch.Tensor
     temperature: torch.Tensor
 
@@ -241,6 +243,12 @@ class GumbelTopKGate(ChannelGate):
         init_logit: float = 0.0,
     ) -> None:
         super().__init__(num_channels, temperature=temperature, threshold=threshold)
+        if k is not None and int(k) == 0:
+            raise ValueError(
+                "GumbelTopKGate needs k >= 1: with k=0 every channel of the group is closed for "
+                "good. Give k between 1 and num_channels (or keep_ratio); to close a "
+                "non-critical group on purpose, call set_mask with an all-False mask."
+            )
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}.")
         self.noise_scale = float(noise_scale)
@@ -249,8 +257,12 @@ class GumbelTopKGate(ChannelGate):
 
     @property
     def k(self) -> int:
-        """Number of channels kept (a buffer, so checkpoints carry it)."""
-        return int(self.num_kept)
+        """Number of channels kept, never fewer than :attr:`min_kept`.
+
+        Stored in the ``num_kept`` buffer (checkpoints carry it); a critical group keeps at
+        least one unit whatever ``k`` asks for, so it always leaves a path from input to output.
+        """
+        return max(int(self.num_kept), min(self.min_kept, self.num_channels))
 
     @k.setter
     def k(self, value: int) -> None:

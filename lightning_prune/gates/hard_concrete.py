@@ -32,6 +32,8 @@ class HardConcreteGate(ChannelGate):
 
     stochastic = True
     default_temperature_range = (2.0 / 3.0, 2.0 / 3.0)
+    #: ``log_alpha`` starts at about 3 and is confidently closed below about -4.5.
+    decision_span = 8.0
 
     def __init__(
         self,
@@ -59,6 +61,11 @@ class HardConcreteGate(ChannelGate):
     def probabilities(self) -> torch.Tensor:
         """``P(z != 0) = sigmoid(log_alpha - beta * log(-gamma / zeta))``."""
         return torch.sigmoid(self.log_alpha - self._shift(self.temperature))
+
+    def decision_logits(self) -> torch.Tensor:
+        """``log_alpha - beta * log(-gamma / zeta) - logit(threshold)``."""
+        shift = self._shift(self.temperature)
+        return self.log_alpha - shift - math.log(self.threshold / (1.0 - self.threshold))
 
     def _soft_values(self) -> torch.Tensor:
         u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)

@@ -36,6 +36,8 @@ class SigmoidGate(ChannelGate):
     """
 
     default_temperature_range = (5.0, 30.0)
+    #: Logits start at +1 and are confidently closed below about -0.1 once ``k`` reaches 30.
+    decision_span = 2.0
 
     def __init__(
         self,
@@ -52,6 +54,10 @@ class SigmoidGate(ChannelGate):
     def probabilities(self) -> torch.Tensor:
         """``sigmoid(k * s)``."""
         return torch.sigmoid(self.temperature * self.logits)
+
+    def decision_logits(self) -> torch.Tensor:
+        """``k * s - logit(threshold)`` (exact, no clamping of the probability)."""
+        return self.temperature * self.logits - math.log(self.threshold / (1.0 - self.threshold))
 
     def _soft_values(self) -> torch.Tensor:
         probs = self.probabilities()

@@ -11,6 +11,9 @@ from lightning_prune.graph._tensor_ops import _TensorOps
 from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, _Val
 from lightning_prune.graph.ir import OpNode
 
+#: Kinds whose exclusion the handler applies itself (the rest are opaque when excluded).
+_LAYER_KINDS = ("input", "output", "ignore", "conv", "linear", "norm")
+
 
 class _Analyser(_TensorOps):
     """The full analyser: graph walk plus input/output/unknown/pointwise/module handlers."""
@@ -20,7 +23,7 @@ class _Analyser(_TensorOps):
             if node.kind != "reduce" and any(i in self.stacked for i in node.inputs if i):
                 self._unknown(node)
                 continue
-            opaque = node.kind not in ("input", "output", "ignore", "conv", "linear", "norm")
+            opaque = node.kind not in _LAYER_KINDS
             if opaque and node.scope and self._excluded(node.scope):
                 self._unknown(node, _EXCLUDED)
                 continue
@@ -30,7 +33,7 @@ class _Analyser(_TensorOps):
             handler(node)
         # modules whose output goes anywhere but a norm need their own gate site
         for node in self.graph.nodes:
-            if node.kind in ("conv", "linear") and node.module in self.modules:
+            if node.kind in ("conv", "linear", "source") and node.module in self.modules:
                 users = self.users.get(node.name, [])
                 if len(users) != 1 or users[0].kind != "norm":
                     self.modules[node.module].feeds_norm_only = False
@@ -48,7 +51,7 @@ class _Analyser(_TensorOps):
         self._unknown(node)
 
     def _op_pointwise(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0] if node.inputs else None)
+        v = self._val(self._first(node))
         if v is None or not isinstance(node.shape, tuple) or len(node.shape) < 2:
             self._unknown(node) if v is not None else self._op_ignore(node)
             return
@@ -61,7 +64,7 @@ class _Analyser(_TensorOps):
         self.vals[node.name] = _Val(v.elems, taint)
 
     def _op_conv(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0])
+        v = self._val(self._first(node))
         path = node.module or node.name
         a = node.attrs
         if v is None or len(v.elems) != a["in_channels"]:
@@ -108,7 +111,7 @@ class _Analyser(_TensorOps):
         return not bad
 
     def _op_linear(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0])
+        v = self._val(self._first(node))
         shape = node.shape
         if v is None or not isinstance(shape, tuple) or len(shape) != 2:
             return self._unknown(node)
@@ -118,7 +121,7 @@ class _Analyser(_TensorOps):
         return None
 
     def _op_norm(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0])
+        v = self._val(self._first(node))
         path = node.module or node.name
         if v is None:
             return self._unknown(node)
@@ -136,3 +139,11 @@ class _Analyser(_TensorOps):
         out = _Val(m.inputs, [None] * len(m.inputs))
         self.vals[node.name] = [out, None, None] if isinstance(node.shape, list) else out
         return None
+
+    def _op_source(self, node: OpNode) -> None:
+        """A layer whose output channels do not depend on its input (a constant layer)."""
+        path = node.module or node.name
+        m = self._register(path, "source", node.where.split(" ")[0])
+        if m.outputs is None:
+            m.outputs = self.uf.new(int(node.attrs["out_channels"]))
+        self.vals[node.name] = _Val(m.outputs, [None] * len(m.outputs))

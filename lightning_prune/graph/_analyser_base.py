@@ -36,6 +36,11 @@ class _AnalyserBase:
         v = self.vals.get(name)
         return v if isinstance(v, _Val) else None
 
+    @staticmethod
+    def _first(node: OpNode) -> str | None:
+        """The node's first input (its data operand), if any."""
+        return node.inputs[0] if node.inputs else None
+
     def _fresh(self, shape: object, reason: str | None) -> _Val | None:
         if not isinstance(shape, tuple) or len(shape) < 2:
             return None

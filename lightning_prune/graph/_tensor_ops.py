@@ -22,7 +22,6 @@ class _TensorOps(_AnalyserBase):
         shape = node.shape
         if not isinstance(shape, tuple) or len(shape) < 2 or (a is None and b is None):
             return self._unknown(node) if (a or b) else self._op_ignore(node)
-        op = node.attrs["op"]
         c = shape[1]
         full = [v for v in (a, b) if v is not None and len(v.elems) == c]
         if not full:
@@ -30,35 +29,58 @@ class _TensorOps(_AnalyserBase):
         for v in (a, b):
             if v is not None and len(v.elems) not in (1, c):
                 return self._unknown(node)
+        # a tensor operand whose channels the analysis does not follow (a parameter, a buffer,
+        # a tensor built in forward): one value for every channel is fine, one per channel
+        # cannot be sliced with the channels it meets, so they are left as they are
+        untracked = [
+            self._channel_width(i, len(shape))
+            for i, v in zip(node.inputs, (a, b))
+            if i is not None and v is None
+        ]
+        if any(w != 1 for w in untracked):
+            return self._unknown(node)
         if len(full) == 2:
             for x, y in zip(full[0].elems, full[1].elems):
                 self.uf.union(x, y)
-        base = full[0]
+        self.vals[node.name] = _Val(full[0].elems, self._binary_taint(node, a, b, full, untracked))
+        return None
+
+    def _channel_width(self, name: str, ndim: int) -> int | None:
+        """Size along the channel axis of an operand broadcast to ``ndim`` dimensions."""
+        shape = self.graph_shape(name)
+        if not isinstance(shape, tuple):
+            return None
+        axis = 1 - (ndim - len(shape))
+        return shape[axis] if 0 <= axis < len(shape) else 1
+
+    @staticmethod
+    def _binary_taint(
+        node: OpNode, a: _Val | None, b: _Val | None, full: list[_Val], untracked: list
+    ) -> list[str | None]:
+        """Which output channels may be non-zero where the (full-width) inputs are zero."""
+        op, base = node.attrs["op"], full[0]
+        c = len(base.elems)
         if op in ("add", "sub"):
             scalar = node.attrs.get("scalar")
             nonzero_scalar = scalar is not None and not (
                 isinstance(scalar, (int, float)) and scalar == 0
             )
-            other = [v for v in (a, b) if v is not None and v is not base]
-            broadcast_other = other and len(other[0].elems) != c
+            broadcast = any(v is not None and len(v.elems) != c for v in (a, b))
+            shifted = nonzero_scalar or broadcast or bool(untracked)
             taint = []
             for i in range(c):
                 t = base.taint[i]
                 if len(full) == 2:
                     t = t or full[1].taint[i]
-                if nonzero_scalar or broadcast_other:
-                    t = t or node.where
-                taint.append(t)
-        elif op == "mul":
+                taint.append(t or (node.where if shifted else None))
+            return taint
+        if op == "mul":
             if len(full) == 2:
-                taint = [x if (x and y) else None for x, y in zip(full[0].taint, full[1].taint)]
-            else:
-                taint = list(base.taint)
-        else:  # div: zero only if the numerator is
-            num = a if a is not None and len(a.elems) == c else None
-            taint = list(num.taint) if num is not None else [node.where] * c
-        self.vals[node.name] = _Val(base.elems, taint)
-        return None
+                return [x if (x and y) else None for x, y in zip(full[0].taint, full[1].taint)]
+            return list(base.taint)
+        # div: zero only if the numerator is
+        num = a if a is not None and len(a.elems) == c else None
+        return list(num.taint) if num is not None else [node.where] * c
 
     def _op_cat(self, node: OpNode) -> None:
         found = [self._val(i) for i in node.inputs]
@@ -105,8 +127,8 @@ class _TensorOps(_AnalyserBase):
         return _Val(first.elems, taint)
 
     def _op_reshape(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0] if node.inputs else None)
-        src = self.graph_shape(node.inputs[0]) if node.inputs else None
+        v = self._val(self._first(node))
+        src = self.graph_shape(self._first(node))
         out = node.shape
         if v is None or not isinstance(out, tuple) or not isinstance(src, tuple):
             return self._unknown(node) if v is not None else self._op_ignore(node)
@@ -122,13 +144,17 @@ class _TensorOps(_AnalyserBase):
         return self._unknown(node)
 
     def _op_reduce(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0] if node.inputs else None)
-        src = self.graph_shape(node.inputs[0]) if node.inputs else None
+        v = self._val(self._first(node))
+        src = self.graph_shape(self._first(node))
         dims = node.attrs.get("dims")
         if v is None or not isinstance(src, tuple) or dims is None:
             return self._unknown(node) if v is not None else self._op_ignore(node)
         dims = [_norm_dim(d, len(src)) for d in dims]
-        if node.inputs[0] in self.stacked and dims == [0] and len(node.shape or ()) == len(src) - 1:
+        if (
+            self._first(node) in self.stacked
+            and dims == [0]
+            and len(node.shape or ()) == len(src) - 1
+        ):
             self.vals[node.name] = v
             return None
         if 0 in dims or 1 in dims:
@@ -137,11 +163,11 @@ class _TensorOps(_AnalyserBase):
         return None
 
     def _op_slice(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0])
+        v = self._val(self._first(node))
         if v is None:
             return self._op_ignore(node)
         a = node.attrs
-        src = self.graph_shape(node.inputs[0])
+        src = self.graph_shape(self._first(node))
         dim = _norm_dim(int(a.get("dim", 1)), len(src)) if isinstance(src, tuple) else 1
         if dim == 0:
             return self._unknown(node)
@@ -149,13 +175,17 @@ class _TensorOps(_AnalyserBase):
             self.vals[node.name] = v
             return None
         idx = list(range(len(v.elems)))[slice(a.get("start"), a.get("stop"), a.get("step"))]
-        self.vals[node.name] = _Val([v.elems[i] for i in idx], [v.taint[i] for i in idx])
+        if idx != list(range(len(v.elems))):
+            # the bounds are constants of the model's code: once channels are removed they
+            # would select other channels, so the sliced tensor keeps all of its channels
+            return self._unknown(node)
+        self.vals[node.name] = v
         return None
 
     def _op_split(self, node: OpNode) -> None:
-        v = self._val(node.inputs[0])
+        v = self._val(self._first(node))
         shapes = node.shape
-        src = self.graph_shape(node.inputs[0])
+        src = self.graph_shape(self._first(node))
         if v is None or not isinstance(shapes, list) or not isinstance(src, tuple):
             return self._unknown(node)
         if node.attrs.get("same"):  # e.g. max_pool2d_with_indices: (values, indices)
@@ -167,17 +197,24 @@ class _TensorOps(_AnalyserBase):
         if dim != 1:
             self.vals[node.name] = [v for _ in shapes]
             return None
-        out: list[_Val | None] = []
-        start = 0
-        for s in shapes:
-            n = s[1] if s else 0
-            out.append(_Val(v.elems[start : start + n], v.taint[start : start + n]))
-            start += n
-        self.vals[node.name] = out
+        widths = [s[1] if s else 0 for s in shapes]
+        if not node.attrs.get("chunks") or len(set(widths)) != 1:
+            # split sizes are constants of the model's code (see _op_slice)
+            return self._unknown(node)
+        # chunk(n) splits whatever width it gets evenly: channel j of every chunk is one unit,
+        # so each chunk keeps the same positions and the pieces stay equal after collapse
+        w = widths[0]
+        for k in range(1, len(widths)):
+            for j in range(w):
+                self.uf.union(v.elems[j], v.elems[k * w + j])
+        self.vals[node.name] = [
+            _Val(v.elems[k * w : (k + 1) * w], v.taint[k * w : (k + 1) * w])
+            for k in range(len(widths))
+        ]
         return None
 
     def _op_getitem(self, node: OpNode) -> None:
-        src = self.vals.get(node.inputs[0] or "")
+        src = self.vals.get(self._first(node) or "")
         index = node.attrs.get("index")
         if isinstance(src, list) and isinstance(index, int) and -len(src) <= index < len(src):
             self.vals[node.name] = src[index]

@@ -48,7 +48,9 @@ def analyse(graph: Graph, exclude: tuple[str, ...] = ()) -> ChannelAnalysis:
             root_index[root] = group_uf.new(1)[0]
         return root_index[root]
 
-    producers = [m for m in an.modules.values() if m.role in ("conv", "grouped") and m.outputs]
+    producers = [
+        m for m in an.modules.values() if m.role in ("conv", "grouped", "source") and m.outputs
+    ]
     for m in producers:
         roots = [uf.find(e) for e in m.outputs or []]
         for r in roots[1:]:

@@ -63,7 +63,9 @@ class ModuleChannels:
     """How one module's weights are indexed by units (element ids before grouping)."""
 
     path: str
-    role: str  # "conv" (in/out), "norm" (per-channel), "grouped" (grouped / depthwise conv)
+    #: "conv" (in/out), "norm" (per-channel), "grouped" (grouped / depthwise conv) or
+    #: "source" (outputs only: a layer whose output does not depend on its input)
+    role: str
     type_name: str
     inputs: list[int] | None = None
     outputs: list[int] | None = None

@@ -1,212 +1,197 @@
-"""torch.export backend: for models torch.fx cannot trace (shape-dependent Python control flow).
+"""torch.export front-end: for models torch.fx cannot trace (shape-dependent Python control flow).
 
-The exported ATen graph is normalised into the same IR as the fx backend; conv / linear / norm
-calls are mapped back to their ``nn.Module`` through their weight parameters.
+The exported ATen graph is read through the same operation table as the fx front-end. The ops
+a leaf module issued (:func:`~.frontend.is_leaf`: a ``torch.nn`` layer, an excluded module, a
+registered leaf) are merged back into one call of that module, so both front-ends see the
+same operations; other ops are looked up by ATen name, and conv / linear / norm ops outside
+leaves are mapped to their module through their weight.
 """
 
 from __future__ import annotations
 
-import operator
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.graph import ops
-from lightning_prune.graph.fx_backend import _module_node, _shape_of
+from lightning_prune.graph.frontend import CaptureError, is_leaf, op_node, shape_of
 from lightning_prune.graph.ir import Graph, OpNode
-
-_CONV = {
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "convolution",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
-}
-#: norm op -> (index of the weight argument, index of the group-count argument or None)
-_NORM = {
-    "batch_norm": (1, None),
-    "_native_batch_norm_legit_no_training": (1, None),
-    "_native_batch_norm_legit": (1, None),
-    "native_batch_norm": (1, None),
-    "instance_norm": (1, None),
-    "group_norm": (2, 1),
-    "native_group_norm": (1, 6),
-}
-_SPLIT = {"split", "split_with_sizes", "chunk", "unbind"}
+from lightning_prune.graph.ops import OPS, Call, Op, Rule, aten_name
 
 
-def _opname(target: Any) -> str:
-    name = cast(str, getattr(target, "_opname", None) or getattr(target, "__name__", str(target)))
-    # in-place variants (relu_, add_, feature_dropout_) behave like their functional forms
-    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+def _stack(node: fx.Node) -> list[tuple[str, str]]:
+    """``(call id, module path)`` of the module calls a node was issued in, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [(key, value[0]) for key, value in stack.items()]
 
 
-def _stack_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    return list(stack.values())[-1][0] if stack else ""
+def _op_name(target: Any) -> str:
+    name = getattr(target, "_opname", None) or getattr(target, "__name__", str(target))
+    return aten_name(str(name))
 
 
-def _arg(node: fx.Node, i: int, default: Any = None) -> Any:
-    return node.args[i] if len(node.args) > i else default
+@dataclass
+class _LeafCall:
+    """The ops of one call of a leaf module, merged into one operation."""
 
-
-def _names(nodes: Any) -> list[str | None]:
-    """Names of a sequence of graph nodes (the tensor operands of ``cat`` / ``stack``)."""
-    return [t.name for t in nodes]
+    path: str
+    nodes: list[fx.Node] = field(default_factory=list)
 
 
 class _Converter:
-    def __init__(self, ep: torch.export.ExportedProgram, model: nn.Module) -> None:
+    """Normalises the nodes of one exported program into the graph IR."""
+
+    def __init__(
+        self, ep: torch.export.ExportedProgram, model: nn.Module, exclude: tuple[str, ...]
+    ) -> None:
         self.model = model
+        self.exclude = exclude
         sig = ep.graph_signature
-        self.params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+        self.constants: dict[str, str] = {
+            **sig.inputs_to_parameters,
+            **sig.inputs_to_buffers,
+            **sig.inputs_to_lifted_tensor_constants,
+        }
         self.user_inputs = set(sig.user_inputs)
-        self.shapes: dict[str, Any] = {}
+        self.nodes = list(ep.graph.nodes)
+        self.shapes = {n.name: shape_of(n.meta.get("val")) for n in self.nodes}
+        self.leaf_of: dict[str, _LeafCall] = {}
+        self._group_leaf_calls()
 
-    def module_of(self, node: fx.Node, weight: Any) -> str | None:
-        if isinstance(weight, fx.Node) and weight.name in self.params:
-            return self.params[weight.name].rsplit(".", 1)[0]
-        return _stack_path(node) or None
+    # ---------------------------------------------------------------------- leaf calls
+    def _leaf_call_id(self, node: fx.Node) -> tuple[str, str] | None:
+        for key, path in _stack(node):
+            if not path:
+                continue
+            try:
+                module = self.model.get_submodule(path)
+            except AttributeError:
+                return None
+            if is_leaf(module, path, self.exclude):
+                return key, path
+        return None
 
-    def tensor_inputs(self, node: fx.Node) -> list[str | None]:
+    def _group_leaf_calls(self) -> None:
+        calls: dict[str, _LeafCall] = {}
+        for node in self.nodes:
+            if node.op != "call_function":
+                continue
+            found = self._leaf_call_id(node)
+            if found is None:
+                continue
+            key, path = found
+            call = calls.setdefault(key, _LeafCall(path))
+            call.nodes.append(node)
+            self.leaf_of[node.name] = call
+        position = {n.name: i for i, n in enumerate(self.nodes)}
+        for call in calls.values():  # merge only calls whose results are used after them
+            last = position[call.nodes[-1].name]
+            inside = {n.name for n in call.nodes}
+            if any(
+                position[user.name] <= last
+                for n in call.nodes
+                for user in n.users
+                if user.name not in inside
+            ):
+                for n in call.nodes:
+                    del self.leaf_of[n.name]
+
+    def _leaf_nodes(self, node: fx.Node) -> list[OpNode]:
+        """The merged call, emitted at its last op: one node per result used outside."""
+        leaf = self.leaf_of[node.name]
+        if node is not leaf.nodes[-1]:
+            return []
+        inside = {n.name for n in leaf.nodes}
+        inputs = [a for n in leaf.nodes for a in n.all_input_nodes if a.name not in inside]
+        args = tuple(dict.fromkeys(inputs))
+        results = [n for n in leaf.nodes if any(u.name not in inside for u in n.users)]
+        module = self.model.get_submodule(leaf.path)
+        name = type(module).__name__
+        rule: Rule | None = OPS.module_rule(module) if len(results) == 1 else None
+
+        def where(op: Op) -> str:
+            return f"{name} `{leaf.path}`"
+
         return [
-            a.name
-            for a in node.all_input_nodes
-            if isinstance(self.shapes.get(a.name), (tuple, list)) and a.name not in self.params
+            op_node(r.name, self._call(r, name, args, {}, leaf.path), rule, where, leaf.path)
+            for r in results
         ]
 
-    def convert(self, node: fx.Node) -> OpNode:
-        name = node.name
-        shape = _shape_of(node.meta.get("val"))
-        self.shapes[name] = shape
+    # --------------------------------------------------------------------- conversion
+    def _call(
+        self,
+        node: fx.Node,
+        op: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        path: str | None = None,
+    ) -> Call:
+        shape = self.shapes.get(node.name)
+        scope = path if path is not None else (_stack(node)[-1][1] if _stack(node) else "")
+        return Call(op, args, kwargs, shape, self.shapes, self.constants, self.model, path, scope)
+
+    def convert(self, node: fx.Node) -> list[OpNode]:
+        name, shape = node.name, self.shapes.get(node.name)
         if node.op == "placeholder":
             if name in self.user_inputs:
-                return OpNode(name, "input", shape=shape, where=f"input `{name}`")
-            return OpNode(name, "ignore", where=f"parameter `{self.params.get(name, name)}`")
+                return [OpNode(name, "input", shape=shape, where=f"input `{name}`")]
+            label = f"parameter `{self.constants.get(name, name)}`"
+            return [OpNode(name, "ignore", shape=shape, where=label)]
         if node.op == "output":
-            return OpNode(name, "output", inputs=self.tensor_inputs(node), where="model output")
+            call = self._call(node, "output", tuple(node.args), {})
+            return [OpNode(name, "output", inputs=list(call.values()), where="model output")]
         if node.op != "call_function":
-            return OpNode(name, "ignore", where=name)
+            return [OpNode(name, "ignore", where=name)]
+        if name in self.leaf_of:
+            return self._leaf_nodes(node)
+        path = _stack(node)[-1][1] if _stack(node) else ""
         target = node.target
-        op = _opname(target)
-        path = _stack_path(node)
-        where = f"`aten.{op}` in `{path}`" if path else f"`aten.{op}`"
-        ins = self.tensor_inputs(node)
-        if shape is None:
-            return OpNode(name, "ignore", where=where)
-        if target is operator.getitem:
-            src = cast(fx.Node, node.args[0])
-            return OpNode(name, "getitem", [src.name], {"index": node.args[1]}, shape, where=where)
-        if op in _CONV or op == "linear":
-            module_path = self.module_of(node, _arg(node, 1))
-            if module_path is None:
-                return OpNode(name, "unknown", ins, {"op": op}, shape, where=where)
-            module = self.model.get_submodule(module_path)
-            kind, attrs = _module_node(node, module)
-            return OpNode(
-                name,
-                kind,
-                ins[:1],
-                attrs,
-                shape,
-                module=module_path,
-                where=f"{type(module).__name__} `{module_path}`",
-            )
-        if op in _NORM:
-            w_idx, _ = _NORM[op]
-            module_path = self.module_of(node, _arg(node, w_idx))
-            norm_module = self.model.get_submodule(module_path) if module_path else None
-            if norm_module is None or _module_node(node, norm_module)[0] != "norm":
-                return OpNode(name, "unknown", ins, {"op": op}, shape, where=where)
-            _, attrs = _module_node(node, norm_module)
-            return OpNode(
-                name,
-                "norm",
-                ins[:1],
-                attrs,
-                shape,
-                module=module_path,
-                where=f"{type(norm_module).__name__} `{module_path}`",
-            )
-        if op in ops.ATEN_BINARY:
-            a, b = _arg(node, 0), _arg(node, 1)
-            names = [x.name if isinstance(x, fx.Node) else None for x in (a, b)]
-            scalar = b if not isinstance(b, fx.Node) else a if not isinstance(a, fx.Node) else None
-            return OpNode(
-                name,
-                "binary",
-                names,
-                {"op": ops.ATEN_BINARY[op], "scalar": scalar},
-                shape,
-                where=where,
-            )
-        if op in ops.ATEN_ZERO_PRESERVING or op in ops.ATEN_TAINTING:
-            kind = "pointwise"
-            attrs = {"zero_preserving": op in ops.ATEN_ZERO_PRESERVING}
-            return OpNode(name, kind, ins[:1], attrs, shape, where=where)
-        if op in ops.ATEN_TUPLE_POINTWISE:
-            return OpNode(name, "split", ins[:1], {"dim": -1, "same": True}, shape, where=where)
-        if op == "cat":
-            return OpNode(
-                name,
-                "cat",
-                _names(node.args[0]),
-                {"dim": _arg(node, 1, node.kwargs.get("dim", 0))},
-                shape,
-                where=where,
-            )
-        if op == "stack":
-            return OpNode(
-                name,
-                "stack",
-                _names(node.args[0]),
-                {"dim": _arg(node, 1, node.kwargs.get("dim", 0))},
-                shape,
-                where=where,
-            )
-        if op in ops.ATEN_RESHAPE:
-            return OpNode(name, "reshape", ins[:1], {}, shape, where=where)
-        if op in ops.ATEN_REDUCE:
-            dims = _arg(node, 1)
-            dims = [dims] if isinstance(dims, int) else list(dims) if dims is not None else None
-            return OpNode(name, "reduce", ins[:1], {"dims": dims}, shape, where=where)
-        if op == "slice":
-            dim = _arg(node, 1, 0)
-            attrs = {
-                "dim": dim,
-                "start": _arg(node, 2),
-                "stop": _arg(node, 3),
-                "step": _arg(node, 4, 1),
-            }
-            return OpNode(name, "slice", ins[:1], attrs, shape, where=where)
-        if op in _SPLIT:
-            return OpNode(
-                name,
-                "split",
-                ins[:1],
-                {"dim": _arg(node, 2, node.kwargs.get("dim", 0))},
-                shape,
-                where=where,
-            )
-        if op in ops.ATEN_IGNORED or not ins:
-            return OpNode(name, "ignore", shape=shape, where=where)
-        if torch.Tag.pointwise in getattr(target, "tags", ()) and len(ins) == 1:
-            return OpNode(name, "pointwise", ins, {"zero_preserving": False}, shape, where=where)
-        return OpNode(name, "unknown", ins, {"op": op}, shape, where=where)
+        if isinstance(target, torch._ops.OpOverload):
+            rule = OPS.aten_rule(_op_name(target))
+            display = f"aten.{_op_name(target)}"
+        else:
+            rule = OPS.function_rule(target)
+            display = getattr(target, "__name__", str(target))
+            if getattr(target, "__module__", None) in ("_operator", "operator"):
+                display = f"operator.{display}"
+        call = self._call(node, display, tuple(node.args), dict(node.kwargs))
+
+        def describe(op: Op) -> str:
+            if op.module is not None:
+                return f"{type(self.model.get_submodule(op.module)).__name__} `{op.module}`"
+            return f"`{display}` in `{path}`" if path else f"`{display}`"
+
+        return [op_node(name, call, rule, describe, path)]
 
 
-def trace_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Graph:
-    """Capture ``model`` with ``torch.export`` (non-strict) and normalise its ATen graph."""
-    ep = torch.export.export(model, example_inputs, strict=False)
-    conv = _Converter(ep, model)
-    nodes = [conv.convert(n) for n in ep.graph.nodes]
-    for node, ex_node in zip(nodes, ep.graph.nodes):
-        node.scope = _stack_path(ex_node)
+def capture_export(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> torch.export.ExportedProgram:
+    """Export ``model`` (non-strict).
+
+    Raises:
+        CaptureError: when torch.export cannot capture the model.
+    """
+    try:
+        return torch.export.export(model, example_inputs, strict=False)
+    except Exception as err:
+        raise CaptureError("torch.export", err) from err
+
+
+def trace_export(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], exclude: tuple[str, ...] = ()
+) -> Graph:
+    """Capture ``model`` with ``torch.export`` and normalise its ATen graph.
+
+    Raises:
+        CaptureError: when torch.export cannot capture the model.
+    """
+    ep = capture_export(model, example_inputs)
+    converter = _Converter(ep, model, exclude)
+    nodes = [op for n in converter.nodes for op in converter.convert(n)]
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(*example_inputs)

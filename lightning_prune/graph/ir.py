@@ -14,12 +14,14 @@ class OpNode:
 
     Attributes:
         name: unique node name.
-        kind: normalised operation kind (``"conv"``, ``"linear"``, ``"norm"``, ``"pointwise"``,
-            ``"binary"``, ``"cat"``, ``"reshape"``, ``"reduce"``, ``"slice"``, ``"split"``,
-            ``"getitem"``, ``"input"``, ``"output"``, ``"ignore"`` or ``"unknown"``).
+        kind: the channel rule of the analyser that reads it (``"conv"``, ``"linear"``,
+            ``"norm"``, ``"source"``, ``"pointwise"``, ``"binary"``, ``"cat"``, ``"stack"``,
+            ``"reshape"``, ``"reduce"``, ``"slice"``, ``"split"``, ``"getitem"``, ``"input"``,
+            ``"output"``, ``"ignore"`` or ``"unknown"``), as the operation table's rule for
+            the captured operation says (see :mod:`lightning_prune.graph.ops`).
         inputs: names of the tensor-valued inputs, in the op's argument order (``None`` stands
             for a non-tensor operand of a binary op).
-        attrs: kind-specific attributes (``dim``, ``op``, ``zero_preserving``, ...).
+        attrs: kind-specific attributes (``dim``, ``chunks``, ``op``, ``zero_preserving``, ...).
         shape: output shape for a tensor, a list of shapes for a tuple output, else ``None``.
         module: the ``nn.Module`` path for module calls (conv, linear, norm), else ``None``.
         where: a human-readable location for messages (operation and module path).

@@ -11,8 +11,15 @@ from torch import nn
 
 from lightning_prune.errors import ExampleInputError, UntraceableModelError
 from lightning_prune.graph.analysis import ChannelAnalysis, analyse
+from lightning_prune.graph.frontend import CaptureError
 from lightning_prune.graph.fx_backend import trace_fx
 from lightning_prune.graph.ir import Graph
+from lightning_prune.graph.validate import (
+    check_exclude,
+    check_input_dtypes,
+    check_root,
+    check_runs,
+)
 
 ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
 
@@ -49,69 +56,76 @@ class ChannelTrace:
         return self.analysis.groups
 
 
-def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    except Exception as err:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise ExampleInputError(
-            f"The model cannot run on the example input of shape {shapes}: "
-            f"{type(err).__name__}: {err}. Pass a batch shaped like the model's real input "
-            "(for an image model: batch, channels, height, width)."
-        ) from err
-
-
-def _trace_export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Graph:
+def _trace_export(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], exclude: tuple[str, ...]
+) -> Graph:
     from lightning_prune.graph.export_backend import trace_export
 
-    return trace_export(model, inputs)
+    return trace_export(model, inputs, exclude)
+
+
+_STAGES = {"torch.fx": "torch.fx", "ShapeProp": "torch.fx (shape propagation)"}
 
 
 def capture(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], exclude: tuple[str, ...] = ()
 ) -> Graph:
-    """Capture the graph with torch.fx, falling back to torch.export.
+    """Capture the graph with torch.fx, falling back to torch.export when fx cannot capture it.
+
+    Only a capture failure (:class:`~.frontend.CaptureError`: the tracer meeting the model's
+    Python) falls back; an error while reading the captured graph is a bug and propagates.
 
     Raises:
-        UntraceableModelError: when both backends fail; names both failures.
+        ExampleInputError: when the model cannot run on ``inputs`` at all.
+        UntraceableModelError: when both front-ends fail to capture it; names both failures.
     """
     try:
         return trace_fx(model, inputs, exclude)
-    except Exception as fx_err:
+    except CaptureError as fx_err:
+        if fx_err.stage == "ShapeProp":
+            check_runs(model, inputs)  # the traced graph failed to run: is it the input?
         try:
-            return _trace_export(model, inputs)
-        except Exception as ex_err:
+            return _trace_export(model, inputs, exclude)
+        except CaptureError as ex_err:
+            check_runs(model, inputs)  # a wrong example input is the likelier cause
             raise UntraceableModelError(
                 f"lightning_prune could not capture {type(model).__name__}'s graph.\n"
-                f"  torch.fx: {type(fx_err).__name__}: {_first_line(fx_err)}\n"
-                f"  torch.export: {type(ex_err).__name__}: {_first_line(ex_err)}\n"
+                f"  {_describe(fx_err)}\n"
+                f"  {_describe(ex_err)}\n"
                 "Make the failing submodule traceable, or wrap the part that cannot be traced "
                 "in its own module and pass its path in `exclude=` so it is kept as it is."
             ) from ex_err
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else ""
+def _describe(err: CaptureError) -> str:
+    text = str(err.cause).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{_STAGES.get(err.stage, err.stage)}: {type(err.cause).__name__}: {first}"
 
 
 def trace_channels(
     model: nn.Module,
     example_inputs: ExampleInputs,
-    exclude: Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
 ) -> ChannelTrace:
     """Find the channel groups of ``model``: producer channels that must be pruned together.
 
-    The model is traced in eval mode (its mode is restored afterwards) and is not modified.
+    The arguments are checked before any tracing work. The model is traced in eval mode (its
+    mode is restored afterwards) and is not modified.
 
     Args:
-        model: any ``nn.Module``.
+        model: any ``nn.Module`` with a forward.
         example_inputs: a Tensor or tuple of Tensors shaped like a real batch.
-        exclude: module path patterns whose channels are never pruned.
+        exclude: module path patterns whose channels are never pruned; each must match a
+            module.
 
     Returns:
         A :class:`ChannelTrace` with the graph and the groups.
+
+    Raises:
+        ArgumentError: for an ``exclude`` pattern that matches no module.
+        ExampleInputError: for a missing example input or one the model cannot run on.
+        UntraceableModelError: when neither torch.fx nor torch.export captures the model.
 
     Example:
         >>> import torchvision
@@ -119,18 +133,17 @@ def trace_channels(
         >>> len(t.groups)
         12
     """
+    check_root(model)
+    patterns = check_exclude(model, exclude)
     inputs = as_input_tuple(example_inputs)
     was_training = model.training
     try:
         model.eval()
-        try:
-            graph = capture(model, inputs, tuple(exclude))
-        except UntraceableModelError:
-            _check_runs(model, inputs)  # a wrong example input is the likelier cause
-            raise
+        check_input_dtypes(model, inputs)
+        graph = capture(model, inputs, patterns)
     finally:
         model.train(was_training)
-    analysis = analyse(graph, tuple(exclude))
+    analysis = analyse(graph, patterns)
     _warn_ungated(analysis)
     return ChannelTrace(graph, analysis)
 

@@ -6,13 +6,13 @@ Example:
     True
 """
 
-from lightning_prune.module._optim import (
+from lightning_prune.module.mixin import PrunableMixin
+from lightning_prune.module.optim import (
     gate_param_groups,
     gate_parameters,
     isolate_gate_parameters,
 )
-from lightning_prune.module._state import CHECKPOINT_KEY, GateSetup
-from lightning_prune.module.mixin import PrunableMixin
+from lightning_prune.module.state import CHECKPOINT_KEY, GateSetup
 from lightning_prune.module.tasks import ClassificationModule, PrunableModule, SegmentationModule
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -14,9 +14,11 @@ from lightning.pytorch import LightningModule
 import lightning_prune as lp
 from lightning_prune.dpp import restore_dpp_masks
 from lightning_prune.gates import ChannelGate
-from lightning_prune.module import _optim, _state
-from lightning_prune.module._step import PenaltyApplier, finish_penalty
-from lightning_prune.penalties import SparsityPenalty
+from lightning_prune.module import optim as gate_optim
+from lightning_prune.module import state as model_state
+from lightning_prune.module.structure import StructureLearning, resolve_schedule_argument
+from lightning_prune.penalties import DEFAULT_TARGET, SparsityPenalty, default_penalty
+from lightning_prune.schedule import PruningSchedule
 
 __all__ = ["PrunableMixin"]
 
@@ -62,8 +64,8 @@ def _wrap_configure_optimizers(fn: Callable) -> Callable:
     def configure_optimizers(self: Any, *args: Any, **kwargs: Any) -> Any:
         with _outermost(self, "configure_optimizers") as outer:
             configured = fn(self, *args, **kwargs)
-        if outer and self.separate_gate_group:
-            _optim.isolate_gate_parameters(configured, self, self.gate_lr, self.gate_weight_decay)
+        if outer:
+            self._lp_place_gate_parameters(configured)
         return configured
 
     return configure_optimizers
@@ -75,9 +77,11 @@ def _wrap_on_save_checkpoint(fn: Callable) -> Callable:
         with _outermost(self, "on_save_checkpoint") as outer:
             result = fn(self, checkpoint, *args, **kwargs)
         if outer:
-            checkpoint[_state.CHECKPOINT_KEY] = {
-                **_state.checkpoint_state(self),
-                "penalty": self.sparsity_penalty.state_dict(),
+            structure = self._lp_structure().state_dict()
+            checkpoint[model_state.CHECKPOINT_KEY] = {
+                **model_state.checkpoint_state(self),
+                "penalty": structure["penalty"],
+                "structure": structure,
             }
         return result
 
@@ -91,9 +95,11 @@ def _wrap_on_load_checkpoint(fn: Callable) -> Callable:
             if outer:
                 # kernel/weight DPP masks saved with the weights: put them back first
                 restore_dpp_masks(self, checkpoint.get("state_dict") or {})
-                state = checkpoint.get(_state.CHECKPOINT_KEY)
-                _state.restore_structure(self, state)
-                if state and state.get("penalty"):
+                state = checkpoint.get(model_state.CHECKPOINT_KEY)
+                model_state.restore_structure(self, state)
+                if state and state.get("structure"):
+                    self._lp_structure().load_state_dict(state["structure"], self)
+                elif state and state.get("penalty"):
                     self.sparsity_penalty.load_state_dict(state["penalty"])
             return fn(self, checkpoint, *args, **kwargs)
 
@@ -106,10 +112,46 @@ def _wrap_on_train_end(fn: Callable) -> Callable:
         with _outermost(self, "on_train_end") as outer:
             result = fn(self, *args, **kwargs)
         if outer and lp.is_augmented(self):
-            finish_penalty(self, self.sparsity_penalty)
+            self._lp_structure().on_train_end(self.trainer, self)
         return result
 
     return on_train_end
+
+
+def _wrap_on_fit_start(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def on_fit_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "on_fit_start") as outer:
+            result = fn(self, *args, **kwargs)
+        if outer:
+            self._lp_structure().start(self.trainer, self)
+        return result
+
+    return on_fit_start
+
+
+def _wrap_on_before_optimizer_step(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def on_before_optimizer_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "on_before_optimizer_step") as outer:
+            result = fn(self, *args, **kwargs)
+        if outer:
+            self._lp_structure().before_optimizer_step(self.trainer, self)
+        return result
+
+    return on_before_optimizer_step
+
+
+def _wrap_on_train_batch_end(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def on_train_batch_end(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _outermost(self, "on_train_batch_end") as outer:
+            result = fn(self, *args, **kwargs)
+        if outer:
+            self._lp_structure().after_batch(self.trainer, self)
+        return result
+
+    return on_train_batch_end
 
 
 _WRAPPERS: dict[str, Callable[[Callable], Callable]] = {
@@ -119,6 +161,9 @@ _WRAPPERS: dict[str, Callable[[Callable], Callable]] = {
     "on_save_checkpoint": _wrap_on_save_checkpoint,
     "on_load_checkpoint": _wrap_on_load_checkpoint,
     "on_train_end": _wrap_on_train_end,
+    "on_fit_start": _wrap_on_fit_start,
+    "on_before_optimizer_step": _wrap_on_before_optimizer_step,
+    "on_train_batch_end": _wrap_on_train_batch_end,
 }
 
 
@@ -141,27 +186,42 @@ def _next_definer(cls: type, name: str) -> type | None:
 
 
 class PrunableMixin:
-    """Gives a LightningModule relaxed channel gates and the sparsity penalty.
+    """Gives a LightningModule relaxed channel gates, the sparsity penalty and its schedule.
 
-    Put it *before* ``LightningModule`` in the bases. Then:
+    Put it *before* ``LightningModule`` in the bases. With no arguments the network is pruned to
+    half its FLOPs (``target=0.5``) with the defaults shared by every entry point (see the
+    README's defaults table). Then:
 
     * ``configure_model`` inserts one gate per channel group (idempotent), tracing the network
-      with ``self.example_input_array``; it runs before ``configure_optimizers``, so the
-      optimizer sees the gate parameters. By default they go in their own param group with no
-      weight decay (``separate_gate_group``).
+      with ``self.example_input_array``.
+    * when ``fit`` starts, the :class:`~lightning_prune.PruningSchedule` is resolved against the
+      run's length and shown as a table: a structure phase (the target ramps from 1 down to
+      ``target`` while gates learn, then holds while they turn binary) and a final phase on
+      the fixed structure.
     * whatever ``training_step`` returns (a loss tensor or a dict with ``"loss"``) gets the
       sparsity penalty added, so gradients are those of ``loss + penalty`` (also under gradient
       accumulation, mixed precision and DDP); every term is logged under ``prune/penalty/``.
-    * checkpoints carry the gates, the controller state and, after a collapse, the channel
-      plan, which ``on_load_checkpoint`` applies before the weights load, so
+    * the gates are trained by their own Adam optimizer (``gate_optimizer="adam"``) at a
+      learning rate derived from the schedule, whatever optimizer ``configure_optimizers``
+      returns (they are taken out of it); ``gate_optimizer="shared"`` leaves them in it, in a
+      param group of their own with no weight decay.
+    * when the structure phase ends, the controller snaps to the budget, the share of units the
+      gates did not decide themselves is logged (``prune/snap_share``) and the gates are frozen
+      at their hard masks: the final phase trains the structure that is saved.
+      :class:`~lightning_prune.callbacks.NetworkCollapse` then collapses the network and
+      rebuilds the optimizers.
+    * checkpoints carry the gates, the controller and schedule state and, after a collapse, the
+      channel plan, which ``on_load_checkpoint`` applies before the weights load, so
       ``load_from_checkpoint`` rebuilds a pruned model (also with ``weights_only=True``);
       kernel/weight DPP masks saved in the weights are re-created the same way
       (:func:`lightning_prune.dpp.restore_dpp_masks`).
 
     Hooks you define (``training_step``, ``configure_model``, ``configure_optimizers``,
-    ``on_save_checkpoint``, ``on_load_checkpoint``) are wrapped when the class is created; calling
-    ``super()`` in them is fine and never applies anything twice. With manual optimization
-    nothing is added: call ``loss = loss + self.compute_sparsity_penalty()`` yourself.
+    ``on_fit_start``, ``on_before_optimizer_step``, ``on_train_batch_end``, ``on_train_end``,
+    ``on_save_checkpoint``, ``on_load_checkpoint``) are wrapped when the class is created;
+    calling ``super()`` in them is fine and never applies anything twice. With manual
+    optimization nothing is added: call ``loss = loss + self.compute_sparsity_penalty()``
+    yourself.
 
     After :class:`~lightning_prune.callbacks.NetworkCollapse` collapsed the network, no gates
     are re-inserted and no penalty is added: fine-tuning or testing the compact network just
@@ -174,21 +234,27 @@ class PrunableMixin:
     (``dpp_entropy``); it is added while the model carries DPP masks.
 
     Args:
+        target: FLOPs ratio ``A / A_dense`` to reach (0.5 keeps half the FLOPs), by the default
+            penalty (:func:`~lightning_prune.penalties.default_penalty`); ignored when
+            ``penalty`` is given.
         gate: gate family name (``"sigmoid"``, ``"hard_concrete"``, ``"gumbel_topk"``), or
             ``None`` / ``"none"`` for no channel gates.
         gate_kwargs: keyword arguments of the gate class (e.g. ``{"temperature": 5.0}``).
         exclude: module path patterns never pruned (``fnmatch``; a prefix covers submodules).
         gate_init: seed the gates' starting order from an importance criterion when they are
-            inserted (``"magnitude"``: |BN scale| or filter norm; ``"l1"``), so a short
-            structure phase refines a sensible ranking instead of starting from a tie; ``None``
-            (default): every gate starts alike, as in the paper.
+            inserted (``"magnitude"``: |BN scale| or filter norm; ``"l1"``); ``None`` (default):
+            every gate starts alike, as in the paper.
         gate_init_spread: half-width of that seeding in logit units (see
             :func:`lightning_prune.init_gates`).
-        penalty: the sparsity penalty (default: ``0.5 * |A_flops / A_dense|``, paper 1; with
-            ``gate=None``: no terms).
-        separate_gate_group: move gate parameters into their own optimizer param group.
-        gate_lr: base learning rate of that group (``None``: that of the group they came from).
-        gate_weight_decay: weight decay of that group.
+        penalty: the sparsity penalty (default: ``target`` through an adaptive controller;
+            with ``gate=None``: no terms).
+        schedule: the phase split (default :class:`~lightning_prune.PruningSchedule`).
+        gate_optimizer: ``"adam"``: the gates' own optimizer; ``"shared"``: the module's.
+        separate_gate_group: with ``gate_optimizer="shared"``, move gate parameters into their
+            own optimizer param group.
+        gate_lr: learning rate of the gates (``None``: derived from the schedule; with
+            ``"shared"``: that of the group they came from).
+        gate_weight_decay: weight decay of the gate group (``"shared"`` only).
         *args: passed on to the next base class.
         **kwargs: passed on to the next base class.
 
@@ -198,7 +264,7 @@ class PrunableMixin:
         >>> from lightning_prune.module import PrunableMixin
         >>> class Net(PrunableMixin, L.LightningModule):
         ...     def __init__(self):
-        ...         super().__init__(gate="sigmoid", gate_kwargs={"temperature": 5.0})
+        ...         super().__init__(target=0.3)
         ...         self.body = nn.Sequential(
         ...             nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
         ...             nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
@@ -217,12 +283,14 @@ class PrunableMixin:
         >>> len(net.gates), net.gates[0].num_channels
         (2, 8)
         >>> loss = net.training_step((torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])), 0)
-        >>> [g["weight_decay"] for g in net.configure_optimizers().param_groups]
-        [0.0005, 0.0]
+        >>> len(net.configure_optimizers().param_groups[0]["params"])  # gates have their own
+        6
     """
 
-    pruning_setup: _state.GateSetup
+    pruning_setup: model_state.GateSetup
     sparsity_penalty: SparsityPenalty
+    pruning_schedule: PruningSchedule
+    gate_optimizer: str
     separate_gate_group: bool
     gate_lr: float | None
     gate_weight_decay: float
@@ -230,12 +298,15 @@ class PrunableMixin:
     def __init__(
         self,
         *args: Any,
+        target: float | None = DEFAULT_TARGET,
         gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
         gate_init: str | None = None,
         gate_init_spread: float = 2.0,
         penalty: SparsityPenalty | None = None,
+        schedule: PruningSchedule | None = None,
+        gate_optimizer: Literal["adam", "shared"] = "adam",
         separate_gate_group: bool = True,
         gate_lr: float | None = None,
         gate_weight_decay: float = 0.0,
@@ -243,12 +314,15 @@ class PrunableMixin:
     ) -> None:
         super().__init__(*args, **kwargs)
         self.configure_pruning(
+            target=target,
             gate=gate,
             gate_kwargs=gate_kwargs,
             exclude=exclude,
             gate_init=gate_init,
             gate_init_spread=gate_init_spread,
             penalty=penalty,
+            schedule=schedule,
+            gate_optimizer=gate_optimizer,
             separate_gate_group=separate_gate_group,
             gate_lr=gate_lr,
             gate_weight_decay=gate_weight_decay,
@@ -266,12 +340,15 @@ class PrunableMixin:
 
     def configure_pruning(
         self,
+        target: float | None = DEFAULT_TARGET,
         gate: str | None = "sigmoid",
         gate_kwargs: dict[str, Any] | None = None,
         exclude: Sequence[str] = (),
         gate_init: str | None = None,
         gate_init_spread: float = 2.0,
         penalty: SparsityPenalty | None = None,
+        schedule: PruningSchedule | None = None,
+        gate_optimizer: Literal["adam", "shared"] = "adam",
         separate_gate_group: bool = True,
         gate_lr: float | None = None,
         gate_weight_decay: float = 0.0,
@@ -279,9 +356,11 @@ class PrunableMixin:
         """(Re)configure pruning; call it in ``__init__`` instead of passing ``super()`` kwargs.
 
         Raises:
-            ValueError: for an unknown gate family (the message lists the choices), or, with
-                ``gate=None``, a penalty term or controller that needs gates.
-            TypeError: when ``penalty`` is not a :class:`SparsityPenalty`.
+            ValueError: for an unknown gate family (the message lists the choices), a target
+                outside ``(0, 1]``, an unknown ``gate_optimizer``, or, with ``gate=None``, a
+                penalty term or controller that needs gates.
+            TypeError: when ``penalty`` is not a :class:`SparsityPenalty` or ``schedule`` not a
+                :class:`~lightning_prune.PruningSchedule`.
         """
         if penalty is not None and not isinstance(penalty, SparsityPenalty):
             raise TypeError(
@@ -291,20 +370,24 @@ class PrunableMixin:
         if gate_lr is not None and gate_lr < 0:
             raise ValueError(f"gate_lr must be >= 0, got {gate_lr}.")
         try:
-            setup = _state.GateSetup(
+            setup = model_state.GateSetup(
                 gate, dict(gate_kwargs or {}), tuple(exclude), gate_init, gate_init_spread
             )
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
         if penalty is None:
-            penalty = SparsityPenalty() if setup.enabled else SparsityPenalty(terms=[])
+            penalty = default_penalty(target) if setup.enabled else SparsityPenalty(terms=[])
         if not setup.enabled:
             penalty.check_gateless(owner=f"{type(self).__name__}(gate=None)")
+        schedule = resolve_schedule_argument(schedule, gate_lr, gate_optimizer)
         self.__dict__["pruning_setup"] = setup
         self.__dict__["sparsity_penalty"] = penalty
+        self.__dict__["pruning_schedule"] = schedule
+        self.__dict__["gate_optimizer"] = gate_optimizer
         self.__dict__["separate_gate_group"] = bool(separate_gate_group)
         self.__dict__["gate_lr"] = gate_lr
         self.__dict__["gate_weight_decay"] = float(gate_weight_decay)
+        self.__dict__.pop("_lp_structure_learning", None)
 
     # ----------------------------------------------------------------------------- gates
     @property
@@ -325,40 +408,55 @@ class PrunableMixin:
             return []
         if lp.is_augmented(self):  # type: ignore[arg-type]
             return self.gates
-        if _state.was_collapsed(self):  # type: ignore[arg-type]
+        if model_state.was_collapsed(self):  # type: ignore[arg-type]
             return []
-        example = _state.example_inputs_of(self, owner="PrunableMixin")  # type: ignore[arg-type]
-        return _state.augment_module(self, example, self.pruning_setup)  # type: ignore[arg-type]
+        example = model_state.example_inputs_of(self, owner="PrunableMixin")  # type: ignore[arg-type]
+        return model_state.augment_module(self, example, self.pruning_setup)  # type: ignore[arg-type]
 
     def compute_sparsity_penalty(self, update_controller: bool = True) -> torch.Tensor:
         """The penalty now (terms logged); for manual optimization or custom loops."""
-        return self._lp_applier().compute(self, update_controller=update_controller)
+        return self._lp_structure().applier.compute(self, update_controller=update_controller)
 
     # ----------------------------------------------------------------------------- internals
-    def _lp_applier(self) -> PenaltyApplier:
-        applier = self.__dict__.get("_lp_penalty_applier")
+    def _lp_structure(self) -> StructureLearning:
+        structure = self.__dict__.get("_lp_structure_learning")
         require_gates = self.pruning_setup.enabled
-        if (
-            applier is None
-            or applier.penalty is not self.sparsity_penalty
-            or applier.require_gates != require_gates
-        ):
-            applier = PenaltyApplier(self.sparsity_penalty, require_gates=require_gates)
-            self.__dict__["_lp_penalty_applier"] = applier
-        return applier
+        if structure is None or structure.penalty is not self.sparsity_penalty:
+            structure = StructureLearning(
+                self.sparsity_penalty,
+                self.pruning_schedule,
+                gate_optimizer=self.gate_optimizer,
+                owner=type(self).__name__,
+            )
+            self.__dict__["_lp_structure_learning"] = structure
+        structure.applier.require_gates = require_gates
+        return structure
+
+    def _lp_place_gate_parameters(self, configured: Any) -> None:
+        """Take the gates out of the module's optimizers, or give them a group of their own."""
+        params = gate_optim.gate_parameters(self)  # type: ignore[arg-type]
+        if self._lp_structure().owns_gate_optimizer:
+            gate_optim.remove_parameters(configured, params)
+        elif self.separate_gate_group:
+            gate_optim.isolate_gate_parameters(
+                configured,
+                self,  # type: ignore[arg-type]
+                self.gate_lr,
+                self.gate_weight_decay,
+            )
 
     def _lp_add_penalty(self, output: Any) -> Any:
         if not self.automatic_optimization:  # type: ignore[attr-defined]
             return output
         if not self.pruning_setup.enabled:  # no gates: only gate-free terms (dpp_entropy)
-            return self._lp_applier()(self, output)
-        if not lp.is_augmented(self) and not _state.was_collapsed(self):  # type: ignore[arg-type]
+            return self._lp_structure().applier(self, output)
+        if not lp.is_augmented(self) and not model_state.was_collapsed(self):  # type: ignore[arg-type]
             raise lp.NotAugmentedError(
                 f"{type(self).__name__}.training_step ran before the gates were inserted: the "
                 "Trainer calls configure_model() first; outside a Trainer call "
                 "`model.configure_model()` yourself."
             )
-        return self._lp_applier()(self, output)
+        return self._lp_structure().add_penalty(self, output)  # type: ignore[arg-type]
 
     def _lp_require_override(self, name: str) -> None:
         definer = _next_definer(type(self), name)
@@ -395,10 +493,28 @@ class PrunableMixin:
             parent.on_load_checkpoint(checkpoint)
 
     def on_train_end(self) -> None:
-        """Runs the next class's hook, then the controller's final budget snap (if any)."""
+        """Runs the next class's hook, then fixes the structure if it is not fixed yet."""
         parent = super()
         if hasattr(parent, "on_train_end"):
             parent.on_train_end()
+
+    def on_fit_start(self) -> None:
+        """Runs the next class's hook, then resolves and shows the pruning schedule."""
+        parent = super()
+        if hasattr(parent, "on_fit_start"):
+            parent.on_fit_start()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Runs the next class's hook, then steps the gates' own optimizer."""
+        parent = super()
+        if hasattr(parent, "on_before_optimizer_step"):
+            parent.on_before_optimizer_step(optimizer)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Runs the next class's hook, then ends the structure phase when it is due."""
+        parent = super()
+        if hasattr(parent, "on_train_batch_end"):
+            parent.on_train_batch_end(outputs, batch, batch_idx)
 
 
 _wrap_class(PrunableMixin)

@@ -14,10 +14,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from lightning_prune.module import _optim
-from lightning_prune.module._step import attached_trainer
+from lightning_prune.module import optim as gate_optim
 from lightning_prune.module.mixin import PrunableMixin
-from lightning_prune.penalties import SparsityPenalty
+from lightning_prune.module.step import attached_trainer
+from lightning_prune.penalties import DEFAULT_TARGET, SparsityPenalty
+from lightning_prune.schedule import PruningSchedule
 
 __all__ = ["ClassificationModule", "PrunableModule", "SegmentationModule"]
 
@@ -95,10 +96,14 @@ class PrunableModule(PrunableMixin, L.LightningModule):
         gate_init: importance criterion seeding the gates' starting order (``"magnitude"``,
             ``"l1"``; ``None``: uniform start, see :class:`~lightning_prune.PrunableMixin`).
         gate_init_spread: half-width of that seeding in logit units.
-        penalty: the sparsity penalty (default: paper 1's structure loss, weight 0.5, target 0;
-            with ``gate=None``: no terms).
-        gate_lr: learning rate of the gate group (``None``: the optimizer's).
-        gate_weight_decay: weight decay of the gate group.
+        penalty: the sparsity penalty (default: ``target`` through the adaptive controller,
+            :func:`~lightning_prune.penalties.default_penalty`; with ``gate=None``: no terms).
+        gate_lr: learning rate of the gates (``None``: derived from the schedule).
+        gate_weight_decay: weight decay of the gate group (``gate_optimizer="shared"``).
+        target: FLOPs ratio to reach (0.5: half the FLOPs kept), unless ``penalty`` is given.
+        schedule: the phase split (default :class:`~lightning_prune.PruningSchedule`).
+        gate_optimizer: ``"adam"``: the gates' own optimizer (default); ``"shared"``: the
+            module's optimizer, in a param group of their own.
     """
 
     def __init__(
@@ -118,14 +123,20 @@ class PrunableModule(PrunableMixin, L.LightningModule):
         penalty: SparsityPenalty | None = None,
         gate_lr: float | None = None,
         gate_weight_decay: float = 0.0,
+        target: float | None = DEFAULT_TARGET,
+        schedule: PruningSchedule | None = None,
+        gate_optimizer: Literal["adam", "shared"] = "adam",
     ) -> None:
         super().__init__(
+            target=target,
             gate=gate,
             gate_kwargs=gate_kwargs,
             exclude=exclude,
             gate_init=gate_init,
             gate_init_spread=gate_init_spread,
             penalty=penalty,
+            schedule=schedule,
+            gate_optimizer=gate_optimizer,
             separate_gate_group=True,
             gate_lr=gate_lr,
             gate_weight_decay=gate_weight_decay,
@@ -148,6 +159,7 @@ class PrunableModule(PrunableMixin, L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": lr_scheduler,
             "penalty": penalty,
+            "schedule": schedule,
         }
         ignore = (
             []
@@ -214,7 +226,7 @@ class PrunableModule(PrunableMixin, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimizer over two param groups (network, gates) and the scheduler."""
-        groups = _optim.gate_param_groups(
+        groups = gate_optim.gate_param_groups(
             self,
             self.gate_lr,
             self.gate_weight_decay,

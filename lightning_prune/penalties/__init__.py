@@ -56,19 +56,26 @@ from lightning_prune.penalties.registry import _gateless_names as _gateless_name
 from lightning_prune.penalties.registry import basis_term as basis_term
 from lightning_prune.penalties.registry import l1_term as l1_term
 from lightning_prune.penalties.registry import structure_term as structure_term
-from lightning_prune.penalties.sparsity import PenaltyResult, SparsityPenalty
+from lightning_prune.penalties.sparsity import (
+    DEFAULT_TARGET,
+    PenaltyResult,
+    SparsityPenalty,
+    default_penalty,
+)
 from lightning_prune.penalties.sparsity import _default_terms as _default_terms
 from lightning_prune.penalties.sparsity import _zero_like_gates as _zero_like_gates
 from lightning_prune.penalties.term import PenaltyTerm
 from lightning_prune.penalties.term import _schedules as _schedules
 
 __all__ = [
+    "DEFAULT_TARGET",
     "PENALTIES",
     "PenaltyContext",
     "PenaltyResult",
     "PenaltyTerm",
     "SparsityPenalty",
     "basis_penalty",
+    "default_penalty",
     "dpp_entropy_term",
     "gate_l1",
     "gate_logits",

@@ -64,6 +64,18 @@ class PenaltyContext:
         """Gate pre-activations (see :func:`gate_logits`)."""
         return [gate_logits(g) for g in self.gates]
 
+    def values(self) -> list[torch.Tensor]:
+        """The values the gates apply now, one tensor per gate.
+
+        Training: the relaxed values (for stochastic gates the sample the forward pass used);
+        eval: the hard masks.
+        """
+        return [g() for g in self.gates]
+
+    def decision_logits(self) -> list[torch.Tensor]:
+        """Each gate's signed distance from its threshold, in logit units (differentiable)."""
+        return [g.decision_logits() for g in self.gates]
+
     def cost_ratio(self, kind: CostKind = "flops") -> torch.Tensor:
         """Differentiable ``relaxed_cost / dense_cost`` of ``kind``."""
         if kind not in self._ratios:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["basis_penalty", "gate_l1", "gate_logits", "structure_loss"]
+__all__ = ["basis_penalty", "fence_penalty", "gate_l1", "gate_logits", "structure_loss"]
 
 
 def structure_loss(ratio: torch.Tensor, target: float = 0.0) -> torch.Tensor:
@@ -63,6 +63,26 @@ def basis_penalty(logits: Sequence[torch.Tensor]) -> torch.Tensor:
         raise ValueError("basis_penalty needs at least one gate's logits.")
     s = torch.cat([t.reshape(-1) for t in logits])
     return torch.exp(-((s / 2.0) ** 2)).norm(p=2) / math.sqrt(s.numel())
+
+
+def fence_penalty(decision_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Fence-sitter ejector on the decision logits: ``mean(exp(-(z / 2) ** 2))``.
+
+    ``z`` is each unit's signed distance from its keep threshold in logit units
+    (:meth:`~lightning_prune.gates.ChannelGate.decision_logits`), so the term is centred on the
+    threshold for every gate family (:func:`basis_penalty` uses the raw parameters, centred at
+    0, which is the threshold only for sigmoid gates). 1 when every unit sits on its threshold,
+    towards 0 as units decide. A mean, so its gradient per unit is comparable to that of a cost
+    ratio whatever the network's width.
+
+    Example:
+        >>> fence_penalty([torch.zeros(3), torch.full((1,), 100.0)]).item()
+        0.75
+    """
+    if not decision_logits:
+        raise ValueError("fence_penalty needs at least one gate's decision logits.")
+    z = torch.cat([t.reshape(-1) for t in decision_logits])
+    return torch.exp(-((z / 2.0) ** 2)).mean()
 
 
 def gate_logits(gate: nn.Module) -> torch.Tensor:

@@ -14,7 +14,12 @@ import torch
 from lightning_prune._registry import Registry
 from lightning_prune.dpp.diagnostics import dpp_entropy_penalty
 from lightning_prune.penalties.context import CostKind, PenaltyContext
-from lightning_prune.penalties.functions import basis_penalty, gate_l1, structure_loss
+from lightning_prune.penalties.functions import (
+    basis_penalty,
+    fence_penalty,
+    gate_l1,
+    structure_loss,
+)
 
 __all__ = [
     "GATELESS_FIX",
@@ -22,6 +27,7 @@ __all__ = [
     "PenaltyFn",
     "basis_term",
     "dpp_entropy_term",
+    "fence_term",
     "l1_term",
     "penalty_needs_gates",
     "register_penalty",
@@ -89,6 +95,12 @@ def l1_term(ctx: PenaltyContext, normalize: bool = True) -> torch.Tensor:
 def basis_term(ctx: PenaltyContext) -> torch.Tensor:
     """:func:`basis_penalty` of the model's gate logits."""
     return basis_penalty(ctx.logits())
+
+
+@register_penalty("fence")
+def fence_term(ctx: PenaltyContext) -> torch.Tensor:
+    """:func:`fence_penalty` of the model's gates' decision logits."""
+    return fence_penalty(ctx.decision_logits())
 
 
 @register_penalty("dpp_entropy", needs_gates=False)

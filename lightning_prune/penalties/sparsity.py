@@ -20,7 +20,10 @@ from lightning_prune.penalties.context import PenaltyContext
 from lightning_prune.penalties.registry import GATELESS_FIX, _gateless_names
 from lightning_prune.penalties.term import PenaltyTerm
 
-__all__ = ["PenaltyResult", "SparsityPenalty"]
+__all__ = ["DEFAULT_TARGET", "PenaltyResult", "SparsityPenalty", "default_penalty"]
+
+#: The FLOPs ratio every entry point prunes towards when given nothing (half the FLOPs kept).
+DEFAULT_TARGET = 0.5
 
 
 @dataclass
@@ -97,6 +100,7 @@ class SparsityPenalty:
                 f"Penalty terms must have distinct keys, {duplicates} repeat; give each a 'key'."
             )
         self.controller = controller
+        self._relative_scale = 1.0
 
     def __call__(
         self, model: nn.Module, progress: float = 1.0, update_controller: bool = False
@@ -116,8 +120,11 @@ class SparsityPenalty:
         terms: dict[str, torch.Tensor] = {}
         extras: dict[str, float] = {}
         total: torch.Tensor | None = None
+        self._relative_scale = (
+            abs(self.controller.multiplier) if self.controller is not None else 1.0
+        )
         for term in self.terms:
-            weight = term.factor(progress)
+            weight = term.factor(progress) * (self._relative_scale if term.relative else 1.0)
             if weight == 0.0:  # ramp not started: skip the computation, log a zero
                 terms[term.key] = _zero_like_gates(ctx).detach()  # type: ignore[index]
                 continue
@@ -133,7 +140,8 @@ class SparsityPenalty:
                     f"The penalty's {type(controller).__name__} needs channel gates: {err} "
                     + GATELESS_FIX.format(names=_gateless_names())
                 ) from None
-            value = controller.penalty(ratio)
+            unit = controller.unit_penalty(ctx.values())
+            value = unit if unit is not None else controller.penalty(ratio)
             terms["target"] = value
             total = value if total is None else total + value
             if update_controller:
@@ -191,6 +199,26 @@ class SparsityPenalty:
     def __repr__(self) -> str:
         terms = ", ".join(f"{t.key}={t.weight:g}" for t in self.terms)
         return f"SparsityPenalty(terms=[{terms}], controller={self.controller!r})"
+
+
+def default_penalty(target: float | None = DEFAULT_TARGET) -> SparsityPenalty:
+    """The penalty every entry point uses unless given one.
+
+    ``target`` (a FLOPs ratio ``A / A_dense`` in ``(0, 1]``) is reached by an
+    :class:`~lightning_prune.budget.AdaptiveController`: per-unit multipliers from a knapsack
+    of the gradients' importance estimates, re-solved on every step against the schedule's
+    target, so nothing needs tuning to the network, the loss or the run's length. ``None``
+    gives paper 1's open-loop structure loss ``0.5 * |A / A_dense - 0|`` instead.
+
+    Example:
+        >>> default_penalty(0.3).controller.target
+        0.3
+    """
+    from lightning_prune.budget import AdaptiveController
+
+    if target is None:
+        return SparsityPenalty()
+    return SparsityPenalty(controller=AdaptiveController(target))
 
 
 def _zero_like_gates(ctx: PenaltyContext) -> torch.Tensor:

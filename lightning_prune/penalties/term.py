@@ -44,6 +44,9 @@ class PenaltyTerm:
             :data:`~lightning_prune.callbacks.schedules.SCHEDULES`.
         options: keyword arguments of the term function (e.g. ``kind``, ``target``).
         key: name under which the term is logged (default: ``name``).
+        relative: scale the weight by the controller's multiplier (when the penalty has a
+            controller), so the term's pull stays in proportion to the cost pressure whatever
+            the scale of the task's gradients (the default fence-sitter term does this).
 
     Example:
         >>> term = PenaltyTerm("basis", weight=2.0, ramp=(0.5, 1.0))
@@ -57,6 +60,7 @@ class PenaltyTerm:
     ramp_schedule: str = "cubic"
     options: dict[str, Any] = field(default_factory=dict)
     key: str | None = None
+    relative: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in PENALTIES:
@@ -97,7 +101,7 @@ class PenaltyTerm:
                 "A penalty term is a PenaltyTerm or a mapping with a 'name' key, e.g. "
                 f"{{'name': 'structure', 'weight': 0.5, 'target': 0.0}}; got {config!r}."
             )
-        fields = {"name", "weight", "ramp", "ramp_schedule", "options", "key"}
+        fields = {"name", "weight", "ramp", "ramp_schedule", "options", "key", "relative"}
         kwargs = {k: v for k, v in config.items() if k in fields}
         options = dict(kwargs.pop("options", None) or {})
         options.update({k: v for k, v in config.items() if k not in fields})

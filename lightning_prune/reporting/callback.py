@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime
 import math
-import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing_extensions import override
 import lightning_prune as lp
 from lightning_prune.deploy.extra import deploy_available, require
 from lightning_prune.dpp import has_dpp, kept_macs, strip_dpp
-from lightning_prune.profiling import measure_latency
+from lightning_prune.module import state as model_state
+from lightning_prune.profiling import compare_latency
 from lightning_prune.reporting.evaluate import evaluate_module
 from lightning_prune.reporting.paths import run_directory, unique_names
 from lightning_prune.reporting.summary import make_summary, render_summary, write_json
@@ -219,34 +219,20 @@ class PruningReport(Callback):
         return out
 
     def _latencies(self, modules: list[nn.Module], device: torch.device) -> list[float]:
-        """Median latency of each module, measured in alternating rounds on ``device``.
-
-        Interleaving the networks (rather than timing one, then the other) keeps a change of
-        machine load from favouring either.
-        """
+        """Median latency of each module, measured in alternating rounds on ``device``."""
         assert self._example is not None
         batch = tuple(
             t.expand(self.latency_batch_size, *t.shape[1:]).contiguous() for t in self._example
         )
-        rounds = min(3, self.latency_repeats)
-        per_round = max(1, self.latency_repeats // rounds)
-        times: list[list[float]] = [[] for _ in modules]
-        result = None
-        for index in range(rounds):
-            for module, samples in zip(modules, times):
-                result = measure_latency(
-                    module, batch, warmup=2 if index == 0 else 1, repeats=per_round, device=device
-                )
-                samples.append(result.median_ms)
-        assert result is not None
-        self._latency = {
-            "batch_size": result.batch_size,
-            "device": result.device,
-            "threads": result.threads,
-            "repeats": rounds * per_round,
-            "statistic": "median of alternating rounds",
-        }
-        return [statistics.median(samples) for samples in times]
+        result = compare_latency(
+            modules,
+            batch,
+            rounds=min(3, self.latency_repeats),
+            repeats=self.latency_repeats,
+            device=device,
+        )
+        self._latency = result.settings()
+        return result.median_ms
 
     def _onnxruntime_latencies(self, modules: list[nn.Module]) -> list[float] | None:
         """Latency of each module exported to ONNX and run in ONNX Runtime (CPU), alternately.
@@ -443,6 +429,7 @@ class PruningReport(Callback):
                 collapsed["metric"] = history[-1].get(metric)
         collapsed["evaluated"] = evaluated
         network = type(getattr(pl_module, "net", pl_module)).__name__
+        schedule = model_state.schedule_of(pl_module)
         directory = Path(self.dirpath) if self.dirpath is not None else run_directory(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         json_path, widths_path, training_path = unique_names(
@@ -463,6 +450,8 @@ class PruningReport(Callback):
             run_dir=str(directory),
             latency=self._latency,
             note=note,
+            relaxation=model_state.structure_outcome(pl_module),
+            schedule=schedule.to_dict() if schedule is not None else None,
             **({"kept_macs": kept.as_dict()} if kept is not None else {}),
         )
         files = [json_path.name]

@@ -315,6 +315,15 @@ def render_summary(summary: Mapping[str, Any], console: Any = None) -> None:
             f"of {format_count(kept['dense_macs'])} per sample "
             f"({_fmt_ratio(kept.get('kept_ratio'), 'ratio')}); {kept.get('label', '')}"
         )
+    relaxation = summary.get("relaxation")
+    if relaxation:
+        console.print(
+            f"  structure fixed at step {relaxation['step']}: "
+            f"{100.0 * relaxation['snap_share']:.1f}% of {relaxation['units']} units decided by "
+            f"the snap / threshold rather than by their gates "
+            f"({relaxation['undecided_units']} undecided, {relaxation['snapped_units']} flipped;"
+            f" relaxed FLOPs ratio {relaxation['relaxed_flops_ratio_before_snap']:.3f})"
+        )
     if dense.get("metric_source"):
         console.print(f"  dense {metric}: {dense['metric_source']}")
     elif collapsed.get("metric") is not None:

@@ -17,6 +17,7 @@ from lightning_prune.graph.analysis import ChannelAnalysis, ModuleChannels
 from lightning_prune.graph.connectivity import critical_groups
 from lightning_prune.graph.ir import Graph
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
+from lightning_prune.surgery.arguments import check_augment_root, check_gate_kwargs, make_gates
 from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
 from lightning_prune.surgery.state import (
     GATES_ATTR,
@@ -113,6 +114,11 @@ def _spec(
         return ModuleSpec(
             m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
         )
+    if m.role == "source":  # a constant layer: its values are its only parameters
+        values = sum(p.numel() for p in module.parameters(recurse=False))
+        return ModuleSpec(
+            m.path, "source", type(module).__name__, None, refs(m.outputs), 0.0, 0, values
+        )
     ins = refs(m.inputs)
     outs = refs(m.outputs)
     if m.role == "grouped":
@@ -144,7 +150,7 @@ def _build_state(
             continue
         gated_out = any(r is not None for r in spec.out_units)
         spec.site = gated_out and (
-            spec.role == "norm" or (spec.role == "conv" and not m.feeds_norm_only)
+            spec.role == "norm" or (spec.role in ("conv", "source") and not m.feeds_norm_only)
         )
         specs[m.path] = spec
         for gi in touched:
@@ -164,7 +170,7 @@ def augment(
     model: nn.Module,
     example_inputs: ExampleInputs,
     gate: str | type[ChannelGate] = "sigmoid",
-    exclude: Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
     gate_kwargs: dict[str, Any] | None = None,
 ) -> list[ChannelGate]:
     """Insert one gate per channel group of ``model`` (in place).
@@ -180,13 +186,16 @@ def augment(
         gate: gate family by registered name (``"sigmoid"``, ``"hard_concrete"``,
             ``"gumbel_topk"``) or a :class:`~lightning_prune.gates.ChannelGate` subclass.
         exclude: module path patterns (``fnmatch``; a prefix covers its submodules) whose
-            channels are never pruned.
+            channels are never pruned; each must match a module.
         gate_kwargs: keyword arguments for the gate class (e.g. ``temperature``).
 
     Returns:
         The gates, one per group (also reachable as ``model.lp_gates``).
 
     Raises:
+        UnknownNameError: (a ``KeyError``) for an unregistered gate name.
+        ArgumentError: for ``gate_kwargs`` the gate class does not accept, or an ``exclude``
+            pattern that matches no module (checked before any tracing).
         NothingToPruneError: when no channel group can be gated.
         ExampleInputError: when the model cannot run on ``example_inputs``.
         UntraceableModelError: when neither torch.fx nor torch.export captures the model.
@@ -199,6 +208,7 @@ def augment(
         (12, 64)
     """
     gate_cls = get_gate_class(gate)
+    check_gate_kwargs(gate_cls, gate_kwargs)
     existing = get_state(model)
     if existing is not None:
         if existing.gate_type != gate_cls.__name__:
@@ -207,6 +217,7 @@ def augment(
                 f"cannot add {gate_cls.__name__} gates. Collapse it or build a fresh model."
             )
         return gate_modules(model)
+    check_augment_root(model)
     inputs = as_input_tuple(example_inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = tuple(t.to(device) for t in inputs)
@@ -219,18 +230,10 @@ def augment(
             "directly. Check `exclude=` and that the model has such layers."
         )
     state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
-    gates = [gate_cls(g.num_units, **(gate_kwargs or {})).to(device) for g in state.groups]
+    gates = make_gates(gate_cls, [g.num_units for g in state.groups], gate_kwargs)
     for g, spec in zip(gates, state.groups):
-        g.train(model.training)
+        g.to(device).train(model.training)
         g.min_kept = int(spec.critical)
-    if isinstance(model, (nn.ModuleList, nn.ModuleDict)) or (
-        isinstance(model, nn.Sequential) and type(model) is not nn.Sequential
-    ):
-        raise PruningError(
-            f"Cannot add gates to a {type(model).__name__} root: its forward iterates over "
-            "its children. Wrap it in a module with an explicit forward (or a plain "
-            "nn.Sequential)."
-        )
     prepare_root(model)
     model.add_module(GATES_ATTR, nn.ModuleDict({g.name: gt for g, gt in zip(state.groups, gates)}))
     for mod_spec in state.modules.values():

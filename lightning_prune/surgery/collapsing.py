@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -62,16 +63,24 @@ def _compare(ref: Any, got: Any, rtol: float) -> float:
     return worst
 
 
+def _reads_dead(in_flat: torch.Tensor | None, kept: torch.Tensor, dead: torch.Tensor) -> bool:
+    """Whether every kept input channel of a layer is dead (it then computes a constant)."""
+    if in_flat is None or not len(in_flat):
+        return False
+    return bool(dead[in_flat][kept[in_flat]].all())
+
+
 def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> dict[str, Any]:
     layers: dict[str, Any] = {}
     kept, dead, _ = masks.flat()
     for path, (in_flat, out_flat) in spec_indices(state).items():
         out_idx, out_dead = _kept(out_flat, kept, dead)
         in_idx = None if in_flat is None else _kept(in_flat, kept, dead)[0]
-        if len(out_idx) == len(out_flat) and (
+        unchanged = len(out_idx) == len(out_flat) and (
             in_idx is None or in_flat is None or len(in_idx) == len(in_flat)
-        ):
-            continue
+        )
+        if unchanged and not len(out_dead) and not _reads_dead(in_flat, kept, dead):
+            continue  # a dead channel (a closed unit kept for width) changes the layer too
         module = model.get_submodule(path)
         entry = get_slicer(module)(module, in_idx, out_idx)
         if len(out_dead):
@@ -81,6 +90,21 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
             layers[path]["constant"] = True
             replace_module(model, path, to_constant(module))
     return layers
+
+
+def _run_compact(work: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> Any:
+    """The compact model's outputs; a compact model that cannot run is refused."""
+    try:
+        with torch.no_grad():
+            return work(*inputs)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CollapseError(
+            f"Collapse of {name} produced a model that cannot run ({type(err).__name__}: "
+            f"{first}); the model was not modified. An operation between the gates and their "
+            "consumers reads channels the engine removed; please report it with the model, or "
+            "pass its module path in `exclude=` when augmenting."
+        ) from err
 
 
 def _strip(model: nn.Module) -> None:
@@ -97,6 +121,7 @@ def collapse(
     inplace: bool = False,
     verify: bool = True,
     rtol: float = 1e-4,
+    verify_inputs: Sequence[torch.Tensor | tuple[torch.Tensor, ...]] = (),
 ) -> nn.Module:
     """Return the dense, smaller network equal to the gated ``model`` with hard masks.
 
@@ -114,6 +139,8 @@ def collapse(
             identity, e.g. LightningModules); otherwise ``model`` is left untouched.
         verify: check output equality (recommended; ``False`` skips two forward passes).
         rtol: tolerance of the check, relative to the largest output magnitude.
+        verify_inputs: more inputs to check on besides the stored example (each a tensor or
+            a tuple of tensors; e.g. a real training batch and a random one).
 
     Returns:
         The compact model, without gates, in the same train/eval mode as ``model``.
@@ -134,17 +161,21 @@ def collapse(
             if int(kept.sum()) > int(gate.hard_mask().sum()):
                 gate.set_mask(kept)
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    inputs = tuple(t.to(device) for t in state.example_inputs)
+    given = [state.example_inputs, *verify_inputs] if verify else []
+    batches = [
+        tuple(t.to(device) for t in ((b,) if isinstance(b, torch.Tensor) else b)) for b in given
+    ]
     work.eval()
     with torch.no_grad():
-        reference = work(*inputs) if verify else None
+        references = [work(*inputs) for inputs in batches]
     _strip(work)
     original = layer_signature(work)
     layers = _slice_all(work, state, masks)
     if verify:
-        with torch.no_grad():
-            got = work(*inputs)
-        err = _compare(reference, got, rtol)
+        err = max(
+            _compare(ref, _run_compact(work, inputs, type(model).__name__), rtol)
+            for ref, inputs in zip(references, batches)
+        )
         if not err <= rtol:
             raise CollapseError(
                 f"Collapse of {type(model).__name__} changed its outputs (max error {err:.3g} "

@@ -13,6 +13,9 @@ from typing import cast
 import torch
 from torch import nn
 
+from lightning_prune.graph.ops import Call, Op, register_op
+from lightning_prune.surgery.resize import Index, register_slicer
+
 
 def _pair(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
@@ -84,6 +87,24 @@ class ConstantLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.value.numel()}, kind={self.kind}"
+
+
+@register_op(ConstantLayer, leaf=True)
+def _constant_channels(call: Call) -> Op:
+    """A constant layer produces its channels from nothing: a producer without inputs."""
+    layer = call.module
+    assert isinstance(layer, ConstantLayer)
+    return Op("source", [], {"out_channels": layer.value.numel()}, module=call.path)
+
+
+@register_slicer(ConstantLayer)
+def _slice_constant(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
+    layer: ConstantLayer = module  # type: ignore[assignment]
+    c = layer.value.numel()
+    if out_idx is not None:
+        value = layer.value.detach().index_select(0, out_idx.to(layer.value.device)).clone()
+        layer.value = nn.Parameter(value, requires_grad=layer.value.requires_grad)
+    return {"out": [c, layer.value.numel()]}
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.gates.base import ChannelGate
+from lightning_prune.graph.ops import Call, Op, register_op
 
 SITE_ATTR = "lp_site"
 
@@ -49,6 +50,12 @@ class SiteGate(nn.Module):
             return cast(torch.Tensor, parts[0])  # its gate is set: ``ref`` is not None
         full = [p if p is not None else ref.new_ones(w) for p, w in zip(parts, self._widths)]
         return torch.cat(full)
+
+
+@register_op(SiteGate, leaf=True)
+def _site_gate(call: Call) -> Op:
+    """A site's gate vector, called inside a traced augmented model: reads no activations."""
+    return Op("ignore")
 
 
 def _broadcast(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -153,6 +160,28 @@ def attach_site(module: nn.Module, segments: list[Segment]) -> None:
         module.__class__ = fused
     else:
         module.register_forward_hook(GateHook())
+
+
+def reattach_sites(model: nn.Module) -> int:
+    """Make every site act again after its module was replaced by another class.
+
+    ``Trainer(sync_batchnorm=True)`` swaps each ``BatchNorm`` for a ``SyncBatchNorm`` after
+    ``configure_model``; the site (a child module) moves along, but the gated forward does not,
+    so the gates would silently stop acting while their penalty kept training. Such sites get
+    the forward hook instead (``norm(x) * g`` equals the fused ``weight * g``, ``bias * g``).
+
+    Returns:
+        The number of sites re-attached.
+    """
+    count = 0
+    for module in model.modules():
+        if SITE_ATTR not in module._modules or type(module) in _UNFUSED:
+            continue
+        if any(isinstance(h, GateHook) for h in module._forward_hooks.values()):
+            continue
+        module.register_forward_hook(GateHook())
+        count += 1
+    return count
 
 
 def detach_sites(model: nn.Module) -> None:

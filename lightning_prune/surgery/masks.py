@@ -38,9 +38,10 @@ def flat_index(refs: list[UnitRef], offsets: list[int]) -> torch.Tensor:
 
 def spec_indices(state: PruneState) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
     """Per module: flat unit indices of its input channels (conv role) and output channels."""
-    cached = state._index_cache.get("flat")
-    if isinstance(cached, dict):
-        return cached
+    return state.cached("flat", lambda: _spec_indices(state), dict)
+
+
+def _spec_indices(state: PruneState) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
     offsets = [0]
     for g in state.groups:
         offsets.append(offsets[-1] + g.num_units)
@@ -48,7 +49,6 @@ def spec_indices(state: PruneState) -> dict[str, tuple[torch.Tensor | None, torc
     for path, spec in state.modules.items():
         ins = flat_index(spec.in_units, offsets) if spec.role != "norm" and spec.in_units else None
         out[path] = (ins, flat_index(spec.out_units, offsets))
-    state._index_cache["flat"] = out
     return out
 
 

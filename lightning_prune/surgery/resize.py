@@ -105,11 +105,12 @@ def _slice_groupnorm(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
 
 
 def zero_channels(module: nn.Module, out_idx: torch.Tensor) -> None:
-    """Make the given output channels of ``module`` exactly zero (weights and biases)."""
+    """Make the given output channels of ``module`` exactly zero (weights, biases, values)."""
     with torch.no_grad():
         if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.groups == 1:
             module.weight[:, out_idx] = 0
         elif getattr(module, "weight", None) is not None:
             cast(torch.Tensor, module.weight)[out_idx] = 0
-        if getattr(module, "bias", None) is not None:
-            cast(torch.Tensor, module.bias)[out_idx] = 0
+        for name in ("bias", "value"):  # ``value``: a ConstantLayer's per-channel output
+            if isinstance(getattr(module, name, None), torch.Tensor):
+                cast(torch.Tensor, getattr(module, name))[out_idx] = 0

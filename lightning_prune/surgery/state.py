@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ STATE_ATTR = "_lp_state"
 
 #: A channel's unit: (group index, position in the group's gate), or None for a fixed channel.
 UnitRef = tuple[int, int] | None
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -26,7 +29,8 @@ class ModuleSpec:
     Attributes:
         path: module path in the model.
         role: ``"conv"`` (conv / linear: inputs and outputs), ``"grouped"`` (grouped or
-            depthwise conv: whole blocks), or ``"norm"`` (per-channel parameters).
+            depthwise conv: whole blocks), ``"norm"`` (per-channel parameters) or ``"source"``
+            (a constant layer: per-output-channel values, no input channels).
         type_name: class name, checked when a plan is applied.
         in_units: unit of each input channel (``None`` for norms).
         out_units: unit of each output channel (for norms: of each channel).
@@ -71,6 +75,23 @@ class PruneState:
     dense_params: float
     backend: str
     _index_cache: dict[str, object] = field(default_factory=dict, repr=False)
+
+    def cached(self, key: str, build: Callable[[], _T], kind: type[_T]) -> _T:
+        """A value derived from this (immutable) state, built once per ``key``.
+
+        Cost indices and flat unit maps are built from the state's per-channel maps on first
+        use and shared by every later call (and every copy of the model).
+
+        Args:
+            key: what the value is, e.g. ``"flat"`` or ``"cost:cpu"``.
+            build: makes the value when it is not cached yet.
+            kind: the value's type; a cached value of another type is rebuilt.
+        """
+        value = self._index_cache.get(key)
+        if not isinstance(value, kind):
+            value = build()
+            self._index_cache[key] = value
+        return value
 
     def __deepcopy__(self, memo: dict) -> PruneState:
         # Immutable after augmentation: copies of a model share it (deepcopy of the per-channel

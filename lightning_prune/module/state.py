@@ -26,6 +26,7 @@ from torch import nn
 
 import lightning_prune as lp
 from lightning_prune.gates import GATES, ChannelGate, get_gate_class
+from lightning_prune.schedule import ResolvedSchedule
 from lightning_prune.surgery.importance import IMPORTANCE
 
 #: Key of the pruning state in a Lightning checkpoint dict.
@@ -35,6 +36,8 @@ CHECKPOINT_VERSION = 1
 _SETUP_ATTR = "_lp_gate_setup"
 _EXAMPLE_ATTR = "_lp_example_inputs"
 _PLAN_ATTR = "_lp_composed_plan"
+_SCHEDULE_ATTR = "_lp_schedule"
+_OUTCOME_ATTR = "_lp_structure_outcome"
 
 #: How many samples of an example batch are kept for tracing, counting and timing.
 EXAMPLE_SAMPLES = 2
@@ -139,6 +142,46 @@ def small_example(inputs: Any) -> tuple[torch.Tensor, ...]:
             t = t[:EXAMPLE_SAMPLES]
         out.append(t.cpu().clone())
     return tuple(out)
+
+
+_INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values")
+
+
+def default_example_inputs(batch: Any, key: int | str | None = None) -> torch.Tensor:
+    """The network input inside a training batch.
+
+    ``key`` picks it (an index into a tuple / list batch, or a dict key). Without one: the
+    batch itself if it is a tensor, its first element if it is a tuple / list, or the first of
+    ``image``, ``images``, ``input``, ``inputs``, ``x``, ``pixel_values`` in a dict.
+
+    Raises:
+        ExampleInputError: when no tensor input can be found.
+
+    Example:
+        >>> x = torch.zeros(4, 3, 8, 8)
+        >>> default_example_inputs((x, torch.zeros(4))).shape
+        torch.Size([4, 3, 8, 8])
+        >>> default_example_inputs({"label": 0, "image": x}).shape
+        torch.Size([4, 3, 8, 8])
+    """
+    if key is not None:
+        value = batch[key]
+    elif isinstance(batch, torch.Tensor):
+        value = batch
+    elif isinstance(batch, (tuple, list)) and batch:
+        value = batch[0]
+    elif isinstance(batch, Mapping):
+        value = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
+    else:
+        value = None
+    if not isinstance(value, torch.Tensor):
+        raise lp.ExampleInputError(
+            "Cannot tell the network input apart in a training batch of type "
+            f"{type(batch).__name__}; "
+            "pass the callback's `input_key=...` (an index or dict key) or set "
+            "`model.example_input_array`."
+        )
+    return value
 
 
 def stored_example(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
@@ -302,6 +345,36 @@ def composed_plan(model: nn.Module) -> dict[str, Any] | None:
 def was_collapsed(model: nn.Module) -> bool:
     """Whether ``model`` went through at least one collapse."""
     return _PLAN_ATTR in model.__dict__
+
+
+# ---------------------------------------------------------------------------- the schedule
+
+
+def set_schedule(model: nn.Module, schedule: ResolvedSchedule) -> None:
+    """Record the run's resolved pruning schedule on ``model`` (read by the callbacks)."""
+    model.__dict__[_SCHEDULE_ATTR] = schedule
+
+
+def schedule_of(model: nn.Module) -> ResolvedSchedule | None:
+    """The resolved pruning schedule of the current ``fit`` (``None`` outside one)."""
+    return model.__dict__.get(_SCHEDULE_ATTR)
+
+
+def set_structure_outcome(model: nn.Module, outcome: Mapping[str, Any]) -> None:
+    """Record how the structure phase ended (units kept, snap share, FLOPs ratio)."""
+    model.__dict__[_OUTCOME_ATTR] = dict(outcome)
+
+
+def structure_outcome(model: nn.Module) -> dict[str, Any] | None:
+    """How the structure phase ended (``None`` before it did)."""
+    outcome = model.__dict__.get(_OUTCOME_ATTR)
+    return dict(outcome) if outcome is not None else None
+
+
+def structure_fixed(model: nn.Module) -> bool:
+    """Whether the gates are frozen at their final masks (the structure phase is over)."""
+    gates = lp.get_gates(model)
+    return bool(gates) and all(g.frozen for g in gates)
 
 
 # ------------------------------------------------------------------------------- checkpoints

@@ -243,6 +243,52 @@ def _add_group(
             _extend_scheduler(scheduler, source, ratio, n_before)
 
 
+def remove_parameters(configured: Any, params: list[nn.Parameter]) -> int:
+    """Take ``params`` out of every optimizer in ``configured`` (another optimizer trains them).
+
+    Groups left empty are removed too, with the matching per-group entries of their schedulers.
+
+    Args:
+        configured: the return value of ``configure_optimizers``.
+        params: the parameters to remove (e.g. :func:`gate_parameters`).
+
+    Returns:
+        How many parameter entries were removed.
+
+    Example:
+        >>> import torch
+        >>> net, gate = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.SGD([*net.parameters(), gate], lr=0.1)
+        >>> remove_parameters(opt, [gate]), len(opt.param_groups[0]["params"])
+        (1, 2)
+    """
+    ids = {id(p) for p in params}
+    if not ids:
+        return 0
+    objects = list(_walk(configured))
+    schedulers = [s for o in objects if not isinstance(o, Optimizer) for s in _schedulers_of(o)]
+    removed = 0
+    for optimizer in (o for o in objects if isinstance(o, Optimizer)):
+        empty = []
+        for index, group in enumerate(optimizer.param_groups):
+            keep = [p for p in group["params"] if id(p) not in ids]
+            removed += len(group["params"]) - len(keep)
+            group["params"] = keep
+            if not keep:
+                empty.append(index)
+        for index in reversed(empty):
+            if len(optimizer.param_groups) == 1:
+                break
+            del optimizer.param_groups[index]
+            for scheduler in schedulers:
+                if getattr(scheduler, "optimizer", None) is optimizer:
+                    for name in _PER_GROUP_ATTRS:
+                        values = getattr(scheduler, name, None)
+                        if isinstance(values, list) and len(values) > index:
+                            del values[index]
+    return removed
+
+
 def is_isolated(optimizer: Optimizer, model: nn.Module) -> bool:
     """Whether every gate parameter of ``model`` is alone in a gate group of ``optimizer``."""
     gate_ids = {id(p) for p in gate_parameters(model)}
@@ -264,4 +310,5 @@ __all__ = [
     "is_isolated",
     "isolate_gate_parameters",
     "isolate_parameters",
+    "remove_parameters",
 ]

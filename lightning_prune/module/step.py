@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 import lightning_prune as lp
 from lightning_prune.dpp import get_dpp_masks
+from lightning_prune.module.state import structure_fixed
 from lightning_prune.penalties import SparsityPenalty
 
 RETURNED_NONE = (
@@ -108,6 +109,8 @@ class PenaltyApplier:
         self.require_gates = require_gates
         self._total_steps: dict[int, float] = {}
         self._warned = False
+        #: A resolved pruning schedule: penalty ramps then follow the structure phase.
+        self.schedule: Any = None
 
     def applies_to(self, module: Any) -> bool:
         """Whether the penalty has anything to act on in ``module``."""
@@ -120,6 +123,8 @@ class PenaltyApplier:
         trainer = attached_trainer(module)
         if trainer is None:
             return 1.0
+        if self.schedule is not None:
+            return float(self.schedule.structure_progress(int(trainer.global_step)))
         key = id(trainer)
         if key not in self._total_steps:
             try:
@@ -144,7 +149,7 @@ class PenaltyApplier:
         A no-op when :meth:`applies_to` is false (an unaugmented or collapsed module; without
         ``require_gates``, a module with neither gates nor DPP masks, with a one-time warning).
         """
-        if not self.applies_to(module):
+        if not self.applies_to(module) or structure_fixed(module):
             if not self.require_gates and self.penalty.terms and not self._warned:
                 self._warned = True
                 rank_zero_warn(

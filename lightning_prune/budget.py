@@ -1,0 +1,274 @@
+"""The default FLOPs / parameter target: a knapsack of unit importances, one multiplier per unit.
+
+A single Lagrange multiplier on ``ratio - target`` (paper 1's structure loss, a PI controller)
+pushes every unit with the same force per unit of cost. How far that moves a gate depends on
+the scale and the noise of the task's gradient on it, which differ by orders of magnitude
+between networks, between a fresh and a trained network, and over training; tuned for one run
+it does nothing (or prunes everything) in another.
+
+:class:`AdaptiveController` instead reads the task's pull on every unit from the gradients
+(the loss gradient on the gate's value: the first-order loss of closing the unit, measured on
+the relaxed network while it trains) and, on every step:
+
+1. ranks units by *importance per cost*: smoothed pull divided by the unit's price (the cost
+   ratio's gradient on its keep-probability);
+2. solves the knapsack: the most important units whose relaxed cost fits the current target
+   stay (:func:`keep_set`, a bisection on the exact cost model); the others should close;
+3. gives each unit its own multiplier, just strong enough to beat the task's pull on it by
+   ``margin`` times the pull's noise: towards closing for units outside the keep set, towards
+   opening for units inside it that are not yet decidedly open, zero for the rest.
+
+The penalty is ``sum_i lambda_i * p_i`` over keep-probabilities ``p_i``; the gates (with their
+own Adam optimizer) then move to the knapsack's answer at a speed set by the schedule, the
+ranking keeps learning as the network adapts (a unit whose importance rises re-enters the keep
+set and re-opens), and the gates end the structure phase decided, on the budget. Like
+ChipNet's continuous knapsack (Tiwari et al. 2021), but the importances are the relaxed
+gates' own gradient statistics and the knapsack is re-solved every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from lightning_prune.controller import CONTROLLERS, CostKind, Measure, TargetController
+
+__all__ = ["MIN_SMOOTHING_STEPS", "AdaptiveController", "keep_set"]
+
+#: Fewest steps the importance estimates average over (their noise needs a few samples).
+MIN_SMOOTHING_STEPS = 4.0
+
+
+def keep_set(
+    model: torch.nn.Module,
+    keys: list[torch.Tensor | None],
+    target: float,
+    kind: CostKind = "flops",
+) -> list[torch.Tensor]:
+    """The units with the highest ``keys`` whose relaxed cost ratio fits ``target``.
+
+    Gates without keys (``None``) are kept whole. The relaxed cost is evaluated at the 0/1
+    values of each candidate set (the exact, bilinear cost model of
+    :func:`lightning_prune.relaxed_cost`), and the threshold on the keys is found by bisection
+    over their sorted values.
+
+    Returns:
+        One boolean mask per gate (``True``: keep).
+
+    Example:
+        >>> import torch, lightning_prune as lp
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+        ...                           torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+        >>> _ = lp.augment(net, torch.zeros(1, 3, 8, 8))
+        >>> keep_set(net, [torch.tensor([1.0, 4.0, 3.0, 2.0])], 0.5)[0].tolist()
+        [False, True, True, False]
+    """
+    import lightning_prune as lp
+
+    gates = lp.get_gates(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dense = float(lp.dense_cost(model, kind=kind))
+
+    def masks_at(threshold: float) -> list[torch.Tensor]:
+        return [
+            torch.ones(g.num_channels, dtype=torch.bool) if k is None else k.cpu() > threshold
+            for g, k in zip(gates, keys)
+        ]
+
+    def ratio(threshold: float) -> float:
+        values = [m.to(device=device, dtype=torch.float32) for m in masks_at(threshold)]
+        return float(lp.relaxed_cost(model, kind=kind, values=values)) / dense
+
+    known = [k.flatten().cpu() for k in keys if k is not None]
+    if not known:
+        return masks_at(math.inf)
+    candidates = torch.unique(torch.cat(known))
+    below = torch.cat([candidates[:1] - 1.0, candidates])  # "keep everything" first
+    low, high = 0, len(below) - 1
+    if ratio(float(below[0])) <= target:
+        return masks_at(float(below[0]))
+    while low < high:  # the lowest threshold (most units kept) whose ratio fits the target
+        mid = (low + high) // 2
+        if ratio(float(below[mid])) <= target:
+            high = mid
+        else:
+            low = mid + 1
+    return masks_at(float(below[low]))
+
+
+@CONTROLLERS.register("adaptive")
+class AdaptiveController(TargetController):
+    """Per-unit multipliers from a knapsack of gradient importances (see the module docstring).
+
+    Needs the Lightning layer's observations (:meth:`observe`, fed on every training step by
+    :class:`~lightning_prune.module.structure.StructureLearning`); without them (the penalty
+    used by hand) it adds nothing. ``update`` only records the measured ratio, and
+    :attr:`multiplier` reports the mean absolute per-unit multiplier (for logs).
+
+    Args:
+        target: the cost ratio to reach.
+        kind: ``"flops"`` or ``"params"``.
+        measure: which ratio is recorded as the measured one (``"hard"`` or ``"relaxed"``).
+        margin: how many standard deviations of a unit's pull its multiplier exceeds the pull
+            by (larger: gates move more steadily, and more units move at once).
+        smoothing: time constant of the pull statistics, as a fraction of the structure phase
+            (at least :data:`MIN_SMOOTHING_STEPS` steps; 20 before :meth:`configure`).
+        importance_weight: how far (in logit units) this step's importance ranking moves a
+            unit's position in the knapsack's order; it decides among units whose gates sit
+            close together (all of them at the start).
+        decided: a unit in the keep set whose keep-probability is at least ``1 - decided``
+            gets no push (it is open already; pushing it further would only saturate it).
+        snap_at_end: final budget snap (see :class:`TargetController`).
+        snap_tolerance: deviation accepted without snapping.
+
+    Example:
+        >>> c = AdaptiveController(target=0.5)
+        >>> c.multiplier, c.unit_multipliers is None
+        (0.0, True)
+    """
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        target: float,
+        kind: CostKind = "flops",
+        measure: Measure = "hard",
+        margin: float = 2.0,
+        smoothing: float = 0.05,
+        decided: float = 0.05,
+        importance_weight: float = 0.5,
+        snap_at_end: bool = True,
+        snap_tolerance: float = 0.005,
+    ) -> None:
+        super().__init__(target, kind, measure, -math.inf, math.inf, snap_at_end, snap_tolerance)
+        if not margin > 0:
+            raise ValueError(f"margin must be positive, got {margin}.")
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}.")
+        if not 0.0 < decided < 0.5:
+            raise ValueError(f"decided must lie in (0, 0.5), got {decided}.")
+        self.margin = float(margin)
+        self.importance_weight = float(importance_weight)
+        self.smoothing = float(smoothing)
+        self.decided = float(decided)
+        self.smoothing_steps = 20.0
+        #: Per gate, the multiplier of each unit (``None`` before the first observation).
+        self.unit_multipliers: list[torch.Tensor] | None = None
+        #: Per gate, the knapsack's keep set of the last observation.
+        self.keep: list[torch.Tensor] | None = None
+        self._mean: list[torch.Tensor | None] | None = None
+        self._square: list[torch.Tensor | None] | None = None
+
+    def configure(self, structure_steps: int) -> None:
+        """Derive the smoothing window from the structure phase's length."""
+        self.smoothing_steps = max(
+            self.smoothing * max(int(structure_steps), 1), MIN_SMOOTHING_STEPS
+        )
+
+    @property
+    def wants_observations(self) -> bool:
+        """Yes: the multipliers come from the gradients."""
+        return True
+
+    def observe(
+        self,
+        model: torch.nn.Module,
+        pulls: list[torch.Tensor | None],
+        costs: list[torch.Tensor | None],
+    ) -> None:
+        """Update the pull statistics, re-solve the knapsack and set the unit multipliers."""
+        import lightning_prune as lp
+
+        pulls = [None if p is None else p.detach().double().cpu() for p in pulls]
+        rate = 1.0 / self.smoothing_steps
+        if self._mean is None or self._square is None or _shapes(self._mean) != _shapes(pulls):
+            self._mean = [None if p is None else p.clone() for p in pulls]
+            self._square = [None if p is None else p * p for p in pulls]
+        else:
+            self._mean = _ema(self._mean, pulls, rate)
+            self._square = _ema(self._square, [None if p is None else p * p for p in pulls], rate)
+        gates = lp.get_gates(model)
+        with torch.no_grad():
+            positions = [g.decision_logits().detach().cpu().double() for g in gates]
+        value = [
+            None if m is None or c is None else m / c.detach().double().cpu().abs().clamp(min=1e-12)
+            for m, c in zip(self._mean, costs)
+        ]
+        known = [v for v in value if v is not None]
+        if not known:
+            return
+        flat = torch.cat([v.flatten() for v in known])
+        ranks = torch.empty_like(flat)
+        ranks[flat.argsort()] = torch.linspace(0.0, 1.0, len(flat), dtype=flat.dtype)
+        keys: list[torch.Tensor | None] = []
+        offset = 0
+        for position, v in zip(positions, value):
+            if v is None:
+                keys.append(None)
+                continue
+            rank = ranks[offset : offset + v.numel()].view_as(v)
+            offset += v.numel()
+            # the gates' own positions (their integrated evidence) decide; the importance per
+            # cost of this step's statistics orders units that sit close together
+            keys.append(position + self.importance_weight * rank)
+        self.keep = keep_set(model, keys, self.current_target, self.kind)
+        scale = torch.cat(
+            [
+                m.abs() + (q - m * m).clamp(min=0.0).sqrt()
+                for m, q in zip(self._mean, self._square)
+                if m is not None and q is not None
+            ]
+        ).median()
+        force = self.margin * float(scale)
+        multipliers = []
+        for gate, keep in zip(gates, self.keep):
+            with torch.no_grad():
+                open_already = gate.probabilities().detach().cpu().double() >= 1.0 - self.decided
+            close = torch.full((gate.num_channels,), force, dtype=torch.float64)
+            reopen = torch.where(open_already, 0.0, -force)
+            multipliers.append(torch.where(keep, reopen, close))
+        self.unit_multipliers = multipliers
+        self.multiplier = force
+
+    def unit_penalty(self, values: list[torch.Tensor]) -> torch.Tensor | None:
+        """``sum_i lambda_i * w_i`` over the gates' values (``None`` before any observation).
+
+        The values are those the forward pass applied (a stochastic gate's sample), so the
+        penalty's gradient reaches each gate parameter through the same Jacobian as the task's
+        pull, for every gate family.
+        """
+        if self.unit_multipliers is None or len(self.unit_multipliers) != len(values):
+            return None
+        total = values[0].new_zeros(())
+        for lam, p in zip(self.unit_multipliers, values):
+            if lam.shape != p.shape:
+                return None
+            total = total + (lam.to(device=p.device, dtype=p.dtype) * p).sum()
+        self.applied_multiplier = self.multiplier
+        return total
+
+    def _update(self, error: float) -> float:
+        return self.multiplier
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pull statistics are re-estimated after a restart; only the window is kept."""
+        return {**super().state_dict(), "smoothing_steps": self.smoothing_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` wrote."""
+        super().load_state_dict(state)
+        self.smoothing_steps = float(state.get("smoothing_steps", self.smoothing_steps))
+
+
+def _shapes(values: list[torch.Tensor | None]) -> list[tuple[int, ...] | None]:
+    return [None if v is None else tuple(v.shape) for v in values]
+
+
+def _ema(
+    old: list[torch.Tensor | None], new: list[torch.Tensor | None], rate: float
+) -> list[torch.Tensor | None]:
+    """Exponential moving average per unit."""
+    return [None if a is None or b is None else (1 - rate) * a + rate * b for a, b in zip(old, new)]

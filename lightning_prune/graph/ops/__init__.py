@@ -1,0 +1,21 @@
+"""The operation table: channel rules by module class, callable, Tensor method and ATen op.
+
+Importing this package registers the built-in rules (:mod:`.pointwise`, :mod:`.tensor`,
+:mod:`.layers`). Other packages add their own with :func:`register_op`.
+"""
+
+from lightning_prune.graph.ops import layers, pointwise, tensor
+from lightning_prune.graph.ops.table import OPS, Call, Op, OpTable, Rule, aten_name, register_op
+
+__all__ = [
+    "OPS",
+    "Call",
+    "Op",
+    "OpTable",
+    "Rule",
+    "aten_name",
+    "layers",
+    "pointwise",
+    "register_op",
+    "tensor",
+]

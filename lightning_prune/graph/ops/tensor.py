@@ -1,0 +1,127 @@
+"""Weightless tensor operations: arithmetic, concatenation, reshapes, reductions, slicing.
+
+Each rule reads the operands the analyser's handler of the same kind needs (see
+:mod:`lightning_prune.graph._tensor_ops`). Argument positions follow ATen's schemas, which
+the torch functions and Tensor methods of the same name share.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from lightning_prune.graph.ops.table import Call, Op, Rule, register_op
+
+
+def _binary(op: str) -> Rule:
+    def rule(call: Call) -> Op:
+        a, b = call.arg(0, "input"), call.arg(1, "other")
+        scalar = next((x for x in (b, a) if call.operand(x) is None), None)
+        return Op("binary", [call.operand(a), call.operand(b)], {"op": op, "scalar": scalar})
+
+    return rule
+
+
+register_op("aten.add")(_binary("add"))
+register_op("aten.sub", "aten.rsub", "aten.subtract")(_binary("sub"))
+register_op("aten.mul", "aten.multiply")(_binary("mul"))
+register_op("aten.div", "aten.divide", "aten.true_divide")(_binary("div"))
+
+
+def _dims(value: Any) -> list[int] | None:
+    """A reduction's dimensions; ``None`` for a full reduction (no ``dim``, or ``dim=[]``)."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value]
+    dims = [int(v) for v in value]
+    return dims or None
+
+
+@register_op("aten.cat", "aten.concat", "aten.concatenate")
+def _cat(call: Call) -> Op:
+    tensors = call.arg(0, "tensors")
+    return Op("cat", [call.operand(t) for t in tensors], {"dim": call.arg(1, "dim", 0)})
+
+
+@register_op("aten.stack")
+def _stack(call: Call) -> Op:
+    tensors = call.arg(0, "tensors")
+    return Op("stack", [call.operand(t) for t in tensors], {"dim": call.arg(1, "dim", 0)})
+
+
+@register_op("aten.view", "aten.reshape", "aten.flatten", "aten._unsafe_view")
+def _reshape(call: Call) -> Op:
+    return Op("reshape", list(call.values()[:1]))
+
+
+@register_op("aten.mean", "aten.sum", "aten.amax")
+def _reduce(call: Call) -> Op:
+    return Op("reduce", list(call.values()[:1]), {"dims": _dims(call.arg(1, "dim"))})
+
+
+@register_op("aten.split", "aten.split_with_sizes", "aten.unsafe_split")
+def _split(call: Call) -> Op:
+    return Op("split", list(call.values()[:1]), {"dim": call.arg(2, "dim", 0)})
+
+
+@register_op("aten.chunk")
+def _chunk(call: Call) -> Op:
+    attrs = {"dim": call.arg(2, "dim", 0), "chunks": call.arg(1, "chunks")}
+    return Op("split", list(call.values()[:1]), attrs)
+
+
+@register_op("aten.slice")
+def _slice(call: Call) -> Op:
+    attrs = {
+        "dim": call.arg(1, "dim", 0),
+        "start": call.arg(2, "start"),
+        "stop": call.arg(3, "end"),
+        "step": call.arg(4, "step", 1),
+    }
+    if not all(v is None or isinstance(v, int) for v in attrs.values()):
+        return Op("unknown", list(call.values()), {"op": call.op})
+    return Op("slice", list(call.values()[:1]), attrs)
+
+
+@register_op("aten.narrow")
+def _narrow(call: Call) -> Op:
+    dim, start, length = call.arg(1, "dim"), call.arg(2, "start"), call.arg(3, "length")
+    if not all(isinstance(v, int) for v in (dim, start, length)):
+        return Op("unknown", list(call.values()), {"op": call.op})
+    attrs = {"dim": dim, "start": start, "stop": start + length, "step": 1}
+    return Op("slice", list(call.values()[:1]), attrs)
+
+
+def _index_op(index: Any, ndim: int) -> tuple[str, dict[str, Any]]:
+    """Classify ``tensor[index]``: channel slice, pass-through, or unknown."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) for i in items) or len(items) > ndim:
+        return "unknown", {"op": "tensor indexing"}
+    full = slice(None)
+    if items and items[0] != full:
+        return "unknown", {"op": "indexing along the batch dimension"}
+    if len(items) < 2 or items[1] == full:
+        return "pointwise", {"zero_preserving": True}
+    sl = items[1]
+    return "slice", {"dim": 1, "start": sl.start, "stop": sl.stop, "step": sl.step}
+
+
+@register_op(operator.getitem)
+def _getitem(call: Call) -> Op:
+    """An item of a tuple output, or indexing of a tensor (``x[:, :4]``)."""
+    src, index = call.arg(0, "a"), call.arg(1, "b")
+    shape = call.shape_of(src)
+    if isinstance(shape, list):
+        return Op("getitem", [call.operand(src)], {"index": index})
+    if isinstance(shape, tuple) and call.is_data(src):
+        kind, attrs = _index_op(index, len(shape))
+        return Op(kind, [call.operand(src)], attrs)
+    return Op("ignore")
+
+
+#: Operations that only read metadata.
+register_op(
+    *("Tensor.size", "Tensor.dim", "Tensor.numel", "Tensor.__len__"),
+    *("aten.sym_size", "aten.sym_numel", "aten.sym_stride", "aten._assert_tensor_metadata"),
+)(lambda call: Op("ignore"))
