@@ -165,7 +165,7 @@ def test_export_onnx_writes_next_to_the_plan_and_never_overwrites(tmp_path):
     for attempt, save in enumerate((True, True, False)):
         module = _closed_module()
         collapse = NetworkCollapse(dirpath=str(out), latency_repeats=0, export_onnx=True, save=save)
-        trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=0, callbacks=[collapse]))
+        trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=1, callbacks=[collapse]))
         trainer.fit(module, make_loader(8, 8))
         stem = "pruned" if attempt == 0 else f"pruned-{attempt}"
         assert collapse.onnx_path == out / f"{stem}.onnx"
