@@ -233,6 +233,13 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "collapsed.ckpt").is_file()
 
 
+# one short epoch of the demo as configured (the ONNX tests need a collapsed run, not pruning)
+QUICK = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=2",
+    "--report.latency_repeats=2",
+]
 needs_deploy = pytest.mark.skipif(
     not deploy_available(),
     reason="the deploy extra is not installed (pip install lightning-prune[deploy])",
@@ -364,15 +371,7 @@ def test_fit_export_onnx_then_export_the_run(
     from lightning_prune.deploy import OnnxRuntimeModule, max_relative_error
 
     os.chdir(tmp_path)
-    main(
-        [
-            "fit",
-            *TINY,
-            "--trainer.max_epochs=1",
-            "--export_onnx=true",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
+    main(["fit", *QUICK, "--export_onnx=true", "--trainer.enable_progress_bar=false"])
     run = tmp_path / "runs" / "demo" / "version_0"
     assert (run / "pruned.onnx").is_file()
     summary = json.loads((run / "summary.json").read_text())
@@ -399,7 +398,13 @@ def test_export_onnx_flag_needs_a_network_collapse(
     os.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(
-            ["fit", *TINY, "--export_onnx=true", "--trainer.callbacks=[]", "--trainer.logger=false"]
+            [
+                "fit",
+                *QUICK,
+                "--export_onnx=true",
+                "--trainer.callbacks=[]",
+                "--trainer.logger=false",
+            ]
         )
     assert info.value.code == 2
     assert (
