@@ -9,6 +9,10 @@ dense copy and the compact network back to back (batch 32, fp32, eval, inference
 ``folded`` columns time both again after ``lp.fold_batchnorm`` (BatchNorm merged into the
 convs, as an inference deployment would): per-channel memory passes weigh more in a thin
 network than in the dense one, so folding shows what the pruned shapes buy on their own.
+The ``ORT`` columns time both again as deployed: exported with ``lp.export_onnx`` (BatchNorm
+folded, outputs checked against PyTorch) and run in ONNX Runtime's CPU execution provider with
+``--threads`` intra-op threads, alternately like the eager pairs (needs the ``deploy`` extra;
+``--no-onnx`` skips them).
 
     python benchmarks/bench_engine.py                      # all three models
     python benchmarks/bench_engine.py --models cifar_resnet56 --repeats 5
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 import lightning_prune as lp
+from lightning_prune.deploy import deploy_available, to_onnxruntime
 from lightning_prune.profiling import format_table, measure_latency
 
 RESULTS = Path(__file__).parent / "results"
@@ -100,7 +105,35 @@ def paired_latency(
     return best[0], best[1]
 
 
-def run(name: str, batch: int, repeats: int, targets: list[float], rounds: int = 3) -> list[dict]:
+def onnxruntime_pair(
+    dense: nn.Module | None,
+    compact: nn.Module,
+    example: torch.Tensor,
+    x: torch.Tensor,
+    repeats: int,
+    rounds: int,
+) -> dict:
+    """ONNX Runtime latency of ``compact`` (ms), speedup over ``dense`` and the export time.
+
+    ``dense`` is an ONNX Runtime session already (exported once per model); ``None`` skips.
+    """
+    if dense is None:
+        return {}
+    t0 = time.perf_counter()
+    session = to_onnxruntime(compact, example, threads=torch.get_num_threads())
+    export_s = time.perf_counter() - t0
+    dense_ms, ms = paired_latency(dense, session, x, repeats, rounds)
+    return {"latency_ort_ms": ms, "speedup_ort": dense_ms / ms, "export_s": export_s}
+
+
+def run(
+    name: str,
+    batch: int,
+    repeats: int,
+    targets: list[float],
+    rounds: int = 3,
+    onnx: bool = True,
+) -> list[dict]:
     model, shape = build(name)
     model.eval()
     reference, _ = build(name)
@@ -110,6 +143,14 @@ def run(name: str, batch: int, repeats: int, targets: list[float], rounds: int =
     bench_x = torch.randn(batch, *shape)
     dense_ms = measure_latency(model, bench_x, warmup=2, repeats=repeats).median_ms
     reference_folded = lp.fold_batchnorm(reference, example)
+    reference_ort = (
+        to_onnxruntime(reference, example, threads=torch.get_num_threads()) if onnx else None
+    )
+    dense_ort = (
+        {"latency_ort_ms": measure_latency(reference_ort, bench_x, 2, repeats).median_ms}
+        if reference_ort is not None
+        else {}
+    )
     dense_flops = lp.count_flops(model, example)
     dense_params = lp.count_params(model)
     t0 = time.perf_counter()
@@ -131,6 +172,8 @@ def run(name: str, batch: int, repeats: int, targets: list[float], rounds: int =
             "efficiency": 1.0,
             "speedup_folded": 1.0,
             "efficiency_folded": 1.0,
+            **dense_ort,
+            **({"speedup_ort": 1.0, "efficiency_ort": 1.0} if dense_ort else {}),
             "augment_s": t_augment,
             "collapse_s": None,
         }
@@ -146,6 +189,7 @@ def run(name: str, batch: int, repeats: int, targets: list[float], rounds: int =
             ref_ms, ms = paired_latency(reference, compact, bench_x, repeats, rounds)
             folded = lp.fold_batchnorm(compact, example)
             ref_f_ms, f_ms = paired_latency(reference_folded, folded, bench_x, repeats, rounds)
+            ort = onnxruntime_pair(reference_ort, compact, example, bench_x, repeats, rounds)
             ratio = dense_flops / flops
             speedup = ref_ms / ms
             rows.append(
@@ -161,12 +205,27 @@ def run(name: str, batch: int, repeats: int, targets: list[float], rounds: int =
                     "efficiency": speedup / ratio,
                     "speedup_folded": ref_f_ms / f_ms,
                     "efficiency_folded": ref_f_ms / f_ms / ratio,
+                    **ort,
+                    **({"efficiency_ort": ort["speedup_ort"] / ratio} if ort else {}),
                     "augment_s": t_augment,
                     "collapse_s": t_collapse,
                 }
             )
             print(rows[-1], flush=True)
     return rows
+
+
+def onnxruntime_settings(threads: int) -> dict:
+    import onnxruntime
+
+    return {
+        "version": onnxruntime.__version__,
+        "provider": "CPUExecutionProvider",
+        "intra_op_threads": threads,
+        "inter_op_threads": 1,
+        "graph_optimization": "ORT_ENABLE_ALL",
+        "model": "lp.export_onnx: BatchNorm folded, torch.onnx dynamo exporter",
+    }
 
 
 def main() -> None:
@@ -180,10 +239,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     parser.add_argument("--out", default=str(RESULTS / "engine"))
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="skip the ONNX Runtime columns (deploy extra)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    onnx = not args.no_onnx and deploy_available()
+    if not args.no_onnx and not onnx:
+        print("ONNX Runtime columns skipped: pip install lightning-prune[deploy]", flush=True)
     rows = [
-        r for m in args.models for r in run(m, args.batch, args.repeats, args.targets, args.rounds)
+        r
+        for m in args.models
+        for r in run(m, args.batch, args.repeats, args.targets, args.rounds, onnx=onnx)
     ]
     meta = {
         "date": date.today().isoformat(),
@@ -191,12 +258,14 @@ def main() -> None:
         "threads": args.threads,
         "batch": args.batch,
         "torch": torch.__version__,
+        "onnxruntime": onnxruntime_settings(args.threads) if onnx else None,
         "command": "python benchmarks/bench_engine.py "
         + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "out"
-        ),
+            if k not in ("out", "no_onnx")
+        )
+        + (" --no-onnx" if args.no_onnx else ""),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +282,10 @@ def main() -> None:
         "efficiency": "speedup/FLOPs ratio",
         "speedup_folded": "speedup folded",
         "efficiency_folded": "folded speedup/FLOPs ratio",
+        "latency_ort_ms": "ORT ms (b32)",
+        "speedup_ort": "ORT speedup",
+        "efficiency_ort": "ORT speedup/FLOPs ratio",
+        "export_s": "ONNX export s",
         "augment_s": "trace+augment s",
         "collapse_s": "collapse s",
     }

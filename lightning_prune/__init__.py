@@ -6,6 +6,7 @@ Plain PyTorch (no Lightning import)::
     gates = lp.augment(model, example_inputs)   # one gate per channel group
     ...                                         # train with lp.relaxed_cost(model) in the loss
     compact = lp.collapse(model)                # dense, smaller, verified equal
+    lp.export_onnx(compact, example, "pruned.onnx")   # checked ONNX file ([deploy] extra)
 
 The Lightning layer (``PrunableMixin``, ``lightning_prune.callbacks``) and the CLI build on it.
 """
@@ -19,10 +20,14 @@ from lightning_prune.costs import (
     hard_cost,
     relaxed_cost,
 )
+from lightning_prune.deploy import export_onnx
 from lightning_prune.errors import (
     ArgumentError,
     CollapseError,
     ExampleInputError,
+    ExportError,
+    ExportExistsError,
+    MissingExtraError,
     NotAugmentedError,
     NothingToPruneError,
     PlanMismatchError,
@@ -82,7 +87,10 @@ __all__ = [
     "CollapseError",
     "DynamicProbabilisticPruning",
     "ExampleInputError",
+    "ExportError",
+    "ExportExistsError",
     "GateGroup",
+    "MissingExtraError",
     "NotAugmentedError",
     "NothingToPruneError",
     "PlanMismatchError",
@@ -103,6 +111,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "dense_cost",
+    "export_onnx",
     "fold_batchnorm",
     "gates",
     "get_gates",

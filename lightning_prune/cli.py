@@ -7,6 +7,8 @@
     lightning-prune fit --config configs/demo.yaml --trainer.max_epochs=2
     lightning-prune test --ckpt_path=runs/demo/version_0/checkpoints/collapsed.ckpt  # the demo's
     lightning-prune fit --print_config                    # the full demo config, every default
+    lightning-prune fit --export_onnx=true                # also write pruned.onnx at the end
+    lightning-prune export --pruned runs/demo/version_0 --output demo.onnx   # a saved model
 
 Any LightningModule and LightningDataModule can be named with ``class_path`` (``--model`` /
 ``--data``); the ready :class:`~lightning_prune.module.ClassificationModule` and
@@ -19,6 +21,11 @@ Lightning's own CLI this one
   ``report:``, e.g. ``--report.latency_batch_size=32``): at the end of ``fit`` a summary table
   in the terminal and ``summary.json`` plus plots in the run directory;
 * sets torch's CPU threads (``--num_threads``);
+* ``--export_onnx=true`` makes every :class:`~lightning_prune.callbacks.NetworkCollapse`
+  also write the collapsed network as ``pruned.onnx`` (:func:`lightning_prune.export_onnx`);
+* a subcommand outside Lightning's, ``lightning-prune export``
+  (:mod:`lightning_prune.cli_export`), writes a saved pruned model (``pruned.json`` + weights)
+  as ONNX without training;
 * adds a rich progress bar (unless one is configured or ``enable_progress_bar`` is false);
 * saves ``config.yaml`` into the run directory (next to ``checkpoints/``, with any logger,
   never overwriting) and, after ``fit``, a checkpoint of the collapsed network
@@ -37,6 +44,7 @@ they are inserted in ``configure_model``, after the CLI instantiates the classes
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -136,9 +144,12 @@ report:
 DESCRIPTION = (
     "lightning-prune: structured pruning by continuous relaxation (learned channel gates, a FLOPs "
     "target, collapse to a smaller dense network). `lightning-prune fit` with no config runs the "
-    "offline demo; `lightning-prune fit --config configs/<name>.yaml` runs a recipe."
+    "offline demo; `lightning-prune fit --config configs/<name>.yaml` runs a recipe; "
+    "`lightning-prune export --help`: a saved pruned model as ONNX."
 )
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: Subcommands outside Lightning's: name -> module whose ``main(args)`` runs it.
+COMMANDS = {"export": "lightning_prune.cli_export"}
 _SELECTORS = ("--model", "--data", "--config", "-c")
 
 
@@ -220,6 +231,13 @@ class LightningPruneCLI(LightningCLI):
             help="torch intra-op CPU threads (default: torch's choice). Small networks on shared "
             "CPUs run far faster with 1 than with several competing threads.",
         )
+        parser.add_argument(
+            "--export_onnx",
+            type=bool,
+            default=False,
+            help="make every NetworkCollapse callback also write the collapsed network as "
+            "pruned.onnx in the run directory (needs `pip install lightning-prune[deploy]`).",
+        )
         parser.add_lightning_class_args(PruningReport, "report")
 
     @override
@@ -247,6 +265,24 @@ class LightningPruneCLI(LightningCLI):
         ):
             kwargs["callbacks"] = [*callbacks, RichProgressBar()]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """Apply ``--export_onnx`` to the NetworkCollapse callbacks (before any training)."""
+        if not self._get(self.config, "export_onnx", default=False):
+            return
+        from lightning_prune.callbacks import NetworkCollapse
+        from lightning_prune.deploy.extra import require
+
+        require("--export_onnx")
+        callbacks = getattr(self.trainer, "callbacks", [])  # set in Trainer.__init__, untyped
+        collapses = [c for c in callbacks if isinstance(c, NetworkCollapse)]
+        if not collapses:
+            raise lp.ExportError(
+                "--export_onnx=true needs a NetworkCollapse callback to collapse the network: "
+                "add `--trainer.callbacks+=lightning_prune.callbacks.NetworkCollapse`."
+            )
+        for callback in collapses:
+            callback.export_onnx = True
 
     def after_fit(self) -> None:
         """Save a checkpoint of the collapsed network next to the other checkpoints."""
@@ -339,6 +375,9 @@ def _friendly_errors() -> tuple[type[BaseException], ...]:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``lightning-prune`` console command.
 
+    ``lightning-prune export ...`` runs :func:`lightning_prune.cli_export.main`; everything
+    else goes to :class:`LightningPruneCLI`.
+
     Args:
         args: command-line arguments (default: ``sys.argv[1:]``).
 
@@ -346,7 +385,11 @@ def main(args: Sequence[str] | None = None) -> None:
         SystemExit: with status 2 on a data or pruning error (the message is printed to
             stderr); set ``LP_DEBUG=1`` to get the traceback instead.
     """
-    argv = with_default_config(sys.argv[1:] if args is None else args)
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in COMMANDS:
+        importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        return
+    argv = with_default_config(argv)
     try:
         with warnings.catch_warnings():
             # argv is what the user typed (plus the default config): not a conflict with sys.argv

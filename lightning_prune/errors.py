@@ -43,3 +43,15 @@ class UnknownNameError(PruningError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ExportError(PruningError):
+    """A network cannot be exported for deployment (ONNX); the message says why and the fix."""
+
+
+class ExportExistsError(ExportError, FileExistsError):
+    """The export target exists; lightning_prune never overwrites a file."""
+
+
+class MissingExtraError(ExportError, ImportError):
+    """An optional extra (e.g. ``lightning-prune[deploy]``) is needed but not installed."""

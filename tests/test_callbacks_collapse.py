@@ -11,6 +11,7 @@ from test_lightning_utils import MixinModule, PlainModule, make_loader, trainer_
 
 import lightning_prune as lp
 from lightning_prune.callbacks import NetworkCollapse
+from lightning_prune.deploy import deploy_available
 from lightning_prune.module import CHECKPOINT_KEY
 
 
@@ -156,3 +157,47 @@ def test_no_gates_warns(tmp_path):
     )
     with pytest.warns(UserWarning, match="nothing to collapse"):
         trainer.fit(PlainModule(width=8), make_loader(8, 8))
+
+
+@pytest.mark.skipif(
+    not deploy_available(),
+    reason="the deploy extra is not installed (pip install lightning-prune[deploy])",
+)
+def test_export_onnx_writes_next_to_the_plan_and_never_overwrites(tmp_path):
+    from lightning_prune.deploy import OnnxRuntimeModule, max_relative_error
+
+    out = tmp_path / "out"
+    for attempt, save in enumerate((True, True, False)):
+        module = _closed_module()
+        collapse = NetworkCollapse(dirpath=str(out), latency_repeats=0, export_onnx=True, save=save)
+        trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=1, callbacks=[collapse]))
+        trainer.fit(module, make_loader(8, 8))
+        stem = "pruned" if attempt == 0 else f"pruned-{attempt}"
+        assert collapse.onnx_path == out / f"{stem}.onnx"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "pruned-1.json",
+        "pruned-1.onnx",
+        "pruned-1.safetensors",
+        "pruned-2.onnx",
+        "pruned.json",
+        "pruned.onnx",
+        "pruned.safetensors",
+    ]
+    # the file is the collapsed module, at any batch size
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        ref = module.eval()(x)
+    assert max_relative_error([ref], [OnnxRuntimeModule(out / "pruned-2.onnx")(x)]) <= 1e-4
+
+
+def test_export_onnx_needs_the_deploy_extra(monkeypatch):
+    from lightning_prune.deploy import extra
+
+    monkeypatch.setattr(extra, "missing_packages", lambda: ["onnxruntime"])
+    with pytest.raises(lp.MissingExtraError) as info:
+        NetworkCollapse(export_onnx=True)
+    assert str(info.value) == (
+        "NetworkCollapse(export_onnx=True) needs the optional deploy extra (onnxruntime not "
+        "installed): run `pip install lightning-prune[deploy]` (or `pip install onnxruntime`)."
+    )
+    assert NetworkCollapse().export_onnx is False

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_prune.deploy import deploy_available
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -30,6 +32,8 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     torch.set_num_threads(1)
     namespace: dict[str, object] = {"__name__": "readme"}
     for i, block in enumerate(python_blocks()):
+        if "export_onnx" in block and not deploy_available():
+            continue  # the Deploy section needs the optional extra (pip install .[deploy])
         exec(compile(block, f"README.md[python block {i}]", "exec"), namespace)
     # what the blocks promise
     assert 0.3 < namespace["ratio"] < 0.7  # type: ignore[operator]
@@ -41,3 +45,8 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     kept = lp.count_flops(pruned.net, x) / lp.count_flops(dense, x)  # type: ignore[attr-defined]
     assert abs(kept - 0.3) < 0.02
     assert os.path.exists("compact.pt")
+    if deploy_available():  # the Deploy section: the engine block's network as ONNX
+        result = namespace["result"]
+        assert result.path.name == "resnet50_pruned.onnx" and result.folded_norms == 53  # type: ignore[attr-defined]
+        assert result.opset == 20 and max(result.errors.values()) <= 1e-4  # type: ignore[attr-defined]
+        assert tuple(namespace["logits"].shape) == (2, 1000)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from rich.console import Console
 
 import lightning_prune as lp
+from lightning_prune.deploy import deploy_available
 from lightning_prune.models import SmallCNN
 from lightning_prune.module import PrunableMixin
 from lightning_prune.penalties import SparsityPenalty
@@ -253,3 +254,83 @@ def test_pruning_report_validates_arguments() -> None:
         PruningReport(latency_repeats=0)
     with pytest.raises(ValueError, match="filename"):
         PruningReport(filename="a/b")
+
+
+def test_summary_onnxruntime_speedup_and_efficiency() -> None:
+    summary = make_summary(
+        {"params": 1000, "flops": 4000, "latency_ms": 2.0, "latency_ort_ms": 4.0},
+        {"params": 250, "flops": 1000, "latency_ms": 1.0, "latency_ort_ms": 1.25},
+        {"net.conv": 8},
+        {"net.conv": 2},
+        latency={"batch_size": 8, "device": "cpu", "onnxruntime": {"intra_op_threads": 2}},
+    )
+    assert summary["speedup"] == 2.0 and summary["efficiency"] == 0.5
+    assert summary["speedup_onnxruntime"] == 3.2
+    assert summary["efficiency_onnxruntime"] == pytest.approx(0.8)
+    console = Console(record=True, width=160)
+    render_summary(summary, console)
+    text = console.export_text()
+    for expected in (
+        "ONNX Runtime (ms, CPU, 2 threads)",
+        "3.20x faster",
+        "speedup / FLOPs ratio (1.0: as fast as the FLOPs promise): eager 0.50, ONNX Runtime 0.80",
+    ):
+        assert expected in text
+    # without ONNX Runtime timings: no column, and the keys are None
+    plain = make_summary(
+        {"flops": 4000, "latency_ms": 2.0}, {"flops": 1000, "latency_ms": 1.0}, {}, {}
+    )
+    assert plain["speedup_onnxruntime"] is None and plain["efficiency_onnxruntime"] is None
+    console = Console(record=True, width=160)
+    render_summary(plain, console)
+    assert "ONNX Runtime" not in console.export_text()
+
+
+@pytest.mark.skipif(
+    not deploy_available(),
+    reason="the deploy extra is not installed (pip install lightning-prune[deploy])",
+)
+def test_pruning_report_times_onnxruntime(tmp_path: Path) -> None:
+    report = PruningReport(
+        latency_batch_size=4, latency_repeats=2, print_summary=False, plots=False
+    )
+    assert report.onnxruntime is True  # the default when the extra is installed
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=CSVLogger(tmp_path, name="r"),
+        callbacks=[report],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(_TinyPrunable(), _loader(), _loader(16))
+    summary = json.loads(report.paths["json"].read_text())
+    assert summary["dense"]["latency_ort_ms"] > 0 and summary["collapsed"]["latency_ort_ms"] > 0
+    ort = summary["latency"]["onnxruntime"]
+    assert ort["provider"] == "CPUExecutionProvider" and ort["device"] == "cpu"
+    assert ort["intra_op_threads"] == torch.get_num_threads() and ort["batch_size"] == 4
+    assert ort["runtime"].startswith("onnxruntime ")
+    flops_reduction = summary["dense"]["flops"] / summary["collapsed"]["flops"]
+    assert summary["speedup_onnxruntime"] == pytest.approx(
+        summary["dense"]["latency_ort_ms"] / summary["collapsed"]["latency_ort_ms"]
+    )
+    assert summary["efficiency_onnxruntime"] == pytest.approx(
+        summary["speedup_onnxruntime"] / flops_reduction
+    )
+    assert summary["latency"]["device"] == "cpu" and "onnxruntime" not in summary["dense"]
+    metrics = (tmp_path / "r" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert (
+        "report/collapsed_latency_ort_ms" in metrics and "report/efficiency_onnxruntime" in metrics
+    )
+
+
+def test_pruning_report_without_onnxruntime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert PruningReport(onnxruntime=False).onnxruntime is False
+    from lightning_prune.deploy import extra
+
+    monkeypatch.setattr(extra, "missing_packages", lambda: ["onnx"])
+    assert PruningReport().onnxruntime is False  # the default follows the installed extra
+    with pytest.raises(lp.MissingExtraError, match=r"pip install lightning-prune\[deploy\]"):
+        PruningReport(onnxruntime=True)

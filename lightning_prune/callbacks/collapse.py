@@ -18,6 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.deploy.extra import require
 from lightning_prune.dpp.apply import get_dpp_masks
 from lightning_prune.module import state as model_state
 from lightning_prune.profiling import compare_latency, format_table
@@ -92,7 +93,10 @@ class NetworkCollapse(Callback):
     as ``prune/collapse/*`` and as one table on rank 0), and saves the compact ``state_dict``
     plus the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
     ``{filename}.json``, adding ``-1``, ``-2``, ... rather than overwriting. Only rank 0
-    writes; every rank collapses (identically: DDP keeps the gates in sync).
+    writes; every rank collapses (identically: DDP keeps the gates in sync). With
+    ``export_onnx=True`` it also writes ``{filename}.onnx`` with the same stem
+    (:func:`lightning_prune.export_onnx`: BatchNorm folded, dynamic batch, checked in ONNX
+    Runtime against the collapsed module on its example input).
 
     Rebuild elsewhere with::
 
@@ -120,9 +124,12 @@ class NetworkCollapse(Callback):
         collapse_on_fit_end: collapse (if not done yet) and save when fitting ends.
         collapse_on_structure_end: collapse as soon as the structure phase has frozen the
             gates (with the schedule's ``final_phase="collapse"``), and keep training.
+        export_onnx: also write the collapsed module as ``{filename}.onnx`` when fitting ends
+            (needs the ``deploy`` extra: ``pip install lightning-prune[deploy]``).
 
     Raises:
         ValueError: for inconsistent ``stages`` / ``thresholds`` or bad options.
+        MissingExtraError: ``export_onnx=True`` without the ``deploy`` extra installed.
 
     Example:
         >>> from lightning_prune.callbacks import NetworkCollapse
@@ -145,6 +152,7 @@ class NetworkCollapse(Callback):
         thresholds: Sequence[float] | None = None,
         collapse_on_fit_end: bool = True,
         collapse_on_structure_end: bool = True,
+        export_onnx: bool = False,
     ) -> None:
         if weights_format not in ("safetensors", "pt"):
             raise ValueError(
@@ -178,6 +186,8 @@ class NetworkCollapse(Callback):
                 "thresholds must be keep-probabilities in (0, 1) that do not decrease from stage "
                 f"to stage (e.g. [0.01, 0.05, 0.25]), got {thresholds}."
             )
+        if export_onnx:
+            require("NetworkCollapse(export_onnx=True)")
         self.dirpath = dirpath
         self.filename = filename
         self.weights_format = weights_format
@@ -190,10 +200,12 @@ class NetworkCollapse(Callback):
         self.thresholds = [float(t) for t in thresholds]
         self.collapse_on_fit_end = collapse_on_fit_end
         self.collapse_on_structure_end = collapse_on_structure_end
+        self.export_onnx = export_onnx
         self.completed_stages: list[int] = []
         self.summary: dict[str, float] = {}
         self.weights_path: Path | None = None
         self.plan_path: Path | None = None
+        self.onnx_path: Path | None = None
         self._dirpath: str | None = None
         self._dense: nn.Module | None = None
         self._deferred = False
@@ -269,11 +281,23 @@ class NetworkCollapse(Callback):
         directory = Path(self._dirpath)
         directory.mkdir(parents=True, exist_ok=True)
         suffix = ".safetensors" if self.weights_format == "safetensors" else ".pt"
-        stem = unique_stem(directory, self.filename, [suffix, ".json"])
-        self.weights_path, self.plan_path = lp.save_pruned(
-            pl_module, stem, plan=plan, weights_format=self.weights_format
-        )
-        rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
+        saved = [suffix, ".json"] if self.save else []
+        suffixes = saved + ([".onnx"] if self.export_onnx else [])
+        stem = unique_stem(directory, self.filename, suffixes)
+        if self.save:
+            self.weights_path, self.plan_path = lp.save_pruned(
+                pl_module, stem, plan=plan, weights_format=self.weights_format
+            )
+            rank_zero_info(f"NetworkCollapse: saved {self.weights_path} and {self.plan_path}")
+        if self.export_onnx:
+            example = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
+            result = lp.export_onnx(pl_module, example, stem.with_name(stem.name + ".onnx"))
+            self.onnx_path = result.path
+            rank_zero_info(
+                f"NetworkCollapse: exported {self.onnx_path} (ONNX opset {result.opset}, "
+                f"{result.folded_norms} BatchNorms folded, dynamic batch; ONNX Runtime matches "
+                f"PyTorch within {max(result.errors.values()):.1e} of the output scale)"
+            )
 
     # ------------------------------------------------------------------------------ hooks
     @override
@@ -397,7 +421,7 @@ class NetworkCollapse(Callback):
             )
             return
         self._report(trainer, pl_module)
-        if self.save and trainer.is_global_zero:
+        if (self.save or self.export_onnx) and trainer.is_global_zero:
             self._write(trainer, pl_module, plan)
 
     def _report(self, trainer: Trainer, pl_module: LightningModule) -> None:

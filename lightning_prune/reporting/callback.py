@@ -17,6 +17,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.deploy.extra import deploy_available, require
 from lightning_prune.dpp import has_dpp, kept_macs, strip_dpp
 from lightning_prune.module import state as model_state
 from lightning_prune.profiling import compare_latency
@@ -96,6 +97,13 @@ class PruningReport(Callback):
     summary adds ``kept_macs`` (:func:`lightning_prune.dpp.kept_macs`, one sample), printed as
     "kept multiply-adds", the count sparse hardware would execute.
 
+    With the ``deploy`` extra installed, the dense and the collapsed network are also exported
+    to ONNX (in memory, BatchNorm folded, outputs checked: :func:`lightning_prune.export_onnx`)
+    and timed in ONNX Runtime's CPU execution provider with as many intra-op threads as torch
+    uses, alternately and warmed up like the eager timing: ``latency_ort_ms`` in both rows,
+    ``speedup_onnxruntime``, and ``efficiency`` / ``efficiency_onnxruntime`` (speedup divided
+    by the FLOPs ratio) in the summary, the settings under ``latency.onnxruntime``.
+
     The dense network's metric cannot be measured in the same run (the network trained is the
     pruned one); give it as ``reference_metric`` (e.g. the published baseline, or the result of
     the same config with pruning off: ``--model.init_args.penalty.init_args.terms=[]``) and the
@@ -114,9 +122,12 @@ class PruningReport(Callback):
         eval_batches: batches for that evaluation (``None``: as many as the fit's validation).
         plots: write the PNG plots.
         print_summary: print the tables.
+        onnxruntime: also time both networks in ONNX Runtime (``None``: when the ``deploy``
+            extra is installed and a dense copy is timed against the collapsed network).
 
     Raises:
         ValueError: for negative sizes or counts.
+        MissingExtraError: ``onnxruntime=True`` without the ``deploy`` extra.
 
     Example:
         >>> from lightning_prune.reporting import PruningReport
@@ -136,6 +147,7 @@ class PruningReport(Callback):
         eval_batches: int | None = None,
         plots: bool = True,
         print_summary: bool = True,
+        onnxruntime: bool | None = None,
     ) -> None:
         if latency_batch_size < 0:
             raise ValueError(
@@ -149,6 +161,8 @@ class PruningReport(Callback):
             raise ValueError(
                 f"filename must be a plain file stem such as 'summary', got {filename!r}."
             )
+        if onnxruntime:
+            require("PruningReport(onnxruntime=True)")
         self.dirpath = dirpath
         self.filename = filename
         self.metric = metric
@@ -159,6 +173,7 @@ class PruningReport(Callback):
         self.eval_batches = eval_batches
         self.plots = plots
         self.print_summary = print_summary
+        self.onnxruntime = deploy_available() if onnxruntime is None else onnxruntime
         self.history: dict[int, dict[str, Any]] = {}
         self.dense: dict[str, Any] | None = None
         self.dense_widths: dict[str, int] = {}
@@ -218,6 +233,36 @@ class PruningReport(Callback):
         )
         self._latency = result.settings()
         return result.median_ms
+
+    def _onnxruntime_latencies(self, modules: list[nn.Module]) -> list[float] | None:
+        """Latency of each module exported to ONNX and run in ONNX Runtime (CPU), alternately.
+
+        Timed by :meth:`_latencies` like the eager networks; the eager settings stay in
+        ``self._latency`` and the session's are added under ``"onnxruntime"``.
+        """
+        if not self.onnxruntime or self._example is None:
+            return None
+        from lightning_prune.deploy import to_onnxruntime
+
+        try:
+            sessions = [to_onnxruntime(module, self._example) for module in modules]
+        except lp.PruningError as err:
+            rank_zero_warn(f"PruningReport: no ONNX Runtime latency ({err}).")
+            return None
+        eager = self._latency
+        times = self._latencies(list(sessions), torch.device("cpu"))
+        assert self._latency is not None and eager is not None
+        self._latency = {
+            **eager,
+            "onnxruntime": {
+                **sessions[0].settings,
+                "device": "cpu",
+                "repeats": self._latency["repeats"],
+                "batch_size": self._latency["batch_size"],
+                "model": "exported with lp.export_onnx (BatchNorm folded, dynamic batch)",
+            },
+        }
+        return times
 
     def _pruning_state(self, pl_module: nn.Module) -> dict[str, Any]:
         groups = lp.get_groups(pl_module)
@@ -360,6 +405,9 @@ class PruningReport(Callback):
                 dense["latency_ms"], collapsed["latency_ms"] = self._latencies(
                     [self._dense_net, net], device
                 )
+                ort = self._onnxruntime_latencies([self._dense_net, net])
+                if ort is not None:
+                    dense["latency_ort_ms"], collapsed["latency_ort_ms"] = ort
             else:
                 (collapsed["latency_ms"],) = self._latencies([timed], device)
             self._dense_net = None
@@ -430,11 +478,18 @@ class PruningReport(Callback):
         assert summary is not None
         numbers: dict[str, float] = {}
         for row in ("dense", "collapsed"):
-            for key in ("params", "flops", "latency_ms", "metric"):
+            for key in ("params", "flops", "latency_ms", "latency_ort_ms", "metric"):
                 value = summary[row].get(key)
                 if value is not None:
                     numbers[f"report/{row}_{key}"] = float(value)
-        for key in ("flops_removed", "params_removed", "speedup"):
+        for key in (
+            "flops_removed",
+            "params_removed",
+            "speedup",
+            "speedup_onnxruntime",
+            "efficiency",
+            "efficiency_onnxruntime",
+        ):
             if summary.get(key) is not None:
                 numbers[f"report/{key}"] = float(summary[key])
         for logger in trainer.loggers:

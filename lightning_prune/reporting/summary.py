@@ -141,7 +141,9 @@ def make_summary(
 
     Returns:
         ``{"version", "metric", "dense", "collapsed", "ratios", "stages", "layers",
-        "history", ...}``.
+        "history", ...}``; ``speedup`` (eager latency, dense / collapsed) and, when the rows
+        have ``latency_ort_ms``, ``speedup_onnxruntime``; ``efficiency`` and
+        ``efficiency_onnxruntime`` divide each by the FLOPs ratio (``None`` when missing).
 
     Example:
         >>> s = make_summary({"params": 100, "flops": 1000}, {"params": 40, "flops": 250},
@@ -154,6 +156,8 @@ def make_summary(
         key: _ratio(collapsed.get(key), dense.get(key)) for key in ("params", "flops", "latency_ms")
     }
     speedup = _ratio(dense.get("latency_ms"), collapsed.get("latency_ms"))
+    speedup_ort = _ratio(dense.get("latency_ort_ms"), collapsed.get("latency_ort_ms"))
+    flops_reduction = _ratio(dense.get("flops"), collapsed.get("flops"))
     summary: dict[str, Any] = {
         "version": SUMMARY_VERSION,
         "metric": metric,
@@ -163,6 +167,10 @@ def make_summary(
         "flops_removed": None if ratios["flops"] is None else 1.0 - ratios["flops"],
         "params_removed": None if ratios["params"] is None else 1.0 - ratios["params"],
         "speedup": speedup,
+        # speedup / FLOPs ratio: 1.0 when the latency falls as much as the FLOPs do
+        "efficiency": _ratio(speedup, flops_reduction),
+        "speedup_onnxruntime": speedup_ort,
+        "efficiency_onnxruntime": _ratio(speedup_ort, flops_reduction),
         "stages": stage_rows(layers),
         "layers": layers,
         "history": [dict(h) for h in history],
@@ -245,19 +253,32 @@ def render_summary(summary: Mapping[str, Any], console: Any = None) -> None:
         if latency
         else "latency (ms)"
     )
+    timed_ort = any(row.get("latency_ort_ms") is not None for row in (dense, collapsed))
+    ort = latency.get("onnxruntime") or {}
+    ort_headers = (
+        [f"ONNX Runtime (ms, CPU, {ort.get('intra_op_threads', '?')} threads)"] if timed_ort else []
+    )
     table = Table(title="lightning_prune: dense vs collapsed", title_justify="left")
     table.add_column("")
-    for header in ("params", "FLOPs / sample", latency_note, metric):
+    for header in ("params", "FLOPs / sample", latency_note, *ort_headers, metric):
         table.add_column(header, justify="right")
 
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
     def cells(row: Mapping[str, Any]) -> list[str]:
-        latency_ms = row.get("latency_ms")
+        ort_cells = [ms(row.get("latency_ort_ms"))] if timed_ort else []
         return [
             format_count(row.get("params")),
             format_count(row.get("flops")),
-            "-" if latency_ms is None else f"{latency_ms:.3g}",
+            ms(row.get("latency_ms")),
+            *ort_cells,
             _fmt_metric(row.get("metric")),
         ]
+
+    def faster(key: str) -> str:
+        value = summary.get(key)
+        return _fmt_ratio(value, "speedup") + " faster" if value else "-"
 
     table.add_row("dense", *cells(dense))
     table.add_row("collapsed", *cells(collapsed))
@@ -268,9 +289,8 @@ def render_summary(summary: Mapping[str, Any], console: Any = None) -> None:
         "collapsed / dense",
         _fmt_ratio(ratios.get("params"), "ratio"),
         _fmt_ratio(ratios.get("flops"), "ratio"),
-        _fmt_ratio(summary.get("speedup"), "speedup") + " faster"
-        if summary.get("speedup")
-        else "-",
+        faster("speedup"),
+        *([faster("speedup_onnxruntime")] if timed_ort else []),
         "-"
         if delta is None
         else f"{100.0 * delta:+.2f} pts"
@@ -279,6 +299,15 @@ def render_summary(summary: Mapping[str, Any], console: Any = None) -> None:
         style="bold",
     )
     console.print(table)
+    efficiency = [
+        f"{label} {summary[key]:.2f}"
+        for label, key in (("eager", "efficiency"), ("ONNX Runtime", "efficiency_onnxruntime"))
+        if summary.get(key) is not None
+    ]
+    if efficiency:
+        console.print(
+            f"  speedup / FLOPs ratio (1.0: as fast as the FLOPs promise): {', '.join(efficiency)}"
+        )
     kept = summary.get("kept_macs")
     if kept:
         console.print(
