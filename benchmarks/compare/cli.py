@@ -3,7 +3,7 @@
     python -m benchmarks.compare --profile smoke --data-root /work/shared/data \
         --out /tmp/bench_smoke --seeds 0 1
     python -m benchmarks.compare --profile cpu --data-root /work/shared/data \
-        --out benchmarks/results/cpu --latency-threads 1
+        --out benchmarks/results/cpu_defaults --latency-threads 1
     python -m benchmarks.compare --profile full --accelerator gpu --data-root /data \
         --out benchmarks/results/full
 """
