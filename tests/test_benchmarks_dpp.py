@@ -29,6 +29,11 @@ def test_registered_but_not_in_the_default_lists():
         for task in ("classification", "segmentation"):
             assert not {"dpp_feature", "dpp_weight_2to4"} & set(profile.task(task).methods)
     assert resolve_methods(["dpp"], "classification", ()) == ["dpp_feature", "dpp_weight_2to4"]
+    # DPP keeps its own structure-phase optimizer settings; the lightning_prune rows have none
+    from benchmarks.compare.methods import dpp, lightning_prune
+
+    assert dpp.GATE_LR > 0 and dpp.STRUCTURE_LR > 0
+    assert not hasattr(lightning_prune, "gated_module")
 
 
 @pytest.mark.parametrize("removed", [0.5, 0.75])
@@ -66,7 +71,7 @@ def test_both_methods_run_and_report_kept_multiply_adds(tmp_path):
     task = TaskSetup("classification", tprof, source)
     task.prepare()
     net = task.build_net()
-    ctx = Context(task, Runner(root=str(tmp_path)), net.state_dict(), 0)
+    ctx = Context(task, Runner(seed=3, root=str(tmp_path)), net.state_dict(), 0)
     ctx.dense_flops = describe_model(net, task.example(1))["flops"]
     dense_params = lp.count_params(net)
     net_folded = lp.fold_batchnorm(net, task.example(1))
@@ -78,6 +83,7 @@ def test_both_methods_run_and_report_kept_multiply_adds(tmp_path):
             rows.append(row)
     feature, weight = rows
     assert feature["status"] == weight["status"] == "ok", (feature["status"], weight["status"])
+    assert feature["seed"] == weight["seed"] == 3  # every row records its training seed
     assert feature["physically_smaller"] and abs(feature["flops_removed"] - 0.5) < 0.03
     assert not weight["physically_smaller"] and abs(weight["flops_removed"]) < 1e-9
     info = weight["info"]
@@ -100,3 +106,9 @@ def test_both_methods_run_and_report_kept_multiply_adds(tmp_path):
     assert "kept multiply-adds (dense shapes, masked weights)" in text
     assert "dpp_weight_2to4" in text.split("### classification: kept multiply-adds")[1]
     assert report.plot(rows, Path(tmp_path) / "plot.png") is not None
+    # the summary aggregates them like any row; the equal-FLOPs floor covers lightning_prune
+    # and Torch-Pruning only (2:4 keeps the dense shapes, DPP feature fixes k before training)
+    summary = {e["method"]: e for e in report.aggregate(rows)}
+    assert summary["dpp_feature"]["seeds"] == [3] and summary["dpp_weight_2to4"]["target"] is None
+    flops = next(c for c in report.floors(rows) if c["floor"].startswith("equal FLOPs"))
+    assert flops["result"] == "n/a"

@@ -1,9 +1,9 @@
 """Command line: run the comparison for a profile and write the report.
 
     python -m benchmarks.compare --profile smoke --data-root /work/shared/data \
-        --out /tmp/bench_smoke
+        --out /tmp/bench_smoke --seeds 0 1
     python -m benchmarks.compare --profile cpu --data-root /work/shared/data \
-        --out benchmarks/results/cpu
+        --out benchmarks/results/cpu_defaults --latency-threads 1
     python -m benchmarks.compare --profile full --accelerator gpu --data-root /data \
         --out benchmarks/results/full
 """
@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -94,12 +95,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[],
         metavar="FIELD=VALUE",
-        help="override task-profile fields of the selected tasks, e.g. gate_init=magnitude "
-        "controller_kp=4 (values parsed as Python literals, else strings); the report records "
+        help="override task-profile fields of the selected tasks, e.g. extra_epochs=10 "
+        "prune_epochs=5 (values parsed as Python literals, else strings); the report records "
         "them",
     )
     parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="training seeds; every method runs once per seed (default: the profile's; cpu: "
+        "0 1 2). The training subset and the shared dense checkpoint use seed "
+        f"{DATA_SEED} whatever the seeds",
+    )
+    parser.add_argument(
+        "--dense-per-seed",
+        action="store_true",
+        help="train (or load from the cache) one dense checkpoint per seed instead of one "
+        "shared by all seeds",
+    )
     parser.add_argument("--resume", action="store_true", help="keep finished rows of --out")
     parser.add_argument("--no-cache", action="store_true", help="retrain the dense checkpoint")
     parser.add_argument("--no-plot", action="store_true")
@@ -109,6 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only re-render results.md and the plot from --out/results.json",
     )
     return parser.parse_args(argv)
+
+
+#: Seed of the training subset and of the shared dense checkpoint (fixed, so runs with other
+#: ``--seeds`` reuse both; ``--dense-per-seed`` trains one checkpoint per seed instead).
+DATA_SEED = 0
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -169,11 +189,13 @@ def _log(message: str) -> None:
 
 def _budget(profile: Any) -> str:
     return (
-        f"{profile.extra_epochs} extra epochs per method after the dense checkpoint "
-        f"(structure learning {profile.prune_epochs} + fine-tuning {profile.finetune_epochs} "
-        f"for lightning_prune and Torch-Pruning group-norm; one-shot methods fine-tune all "
-        f"{profile.extra_epochs}); batch {profile.batch_size}; SGD lr {profile.lr} cosine, "
-        f"wd {profile.weight_decay}"
+        f"{profile.extra_epochs} extra epochs per method after the dense checkpoint, the same "
+        f"recipe for all (batch {profile.batch_size}, SGD Nesterov lr {profile.lr} cosine per "
+        f"step, wd {profile.weight_decay}): lightning_prune in one fit with the library "
+        f"defaults (schedule from the run's length: first half structure learning, then "
+        f"collapse and training of the compact network); Torch-Pruning group-norm "
+        f"{profile.prune_epochs} of sparse learning + {profile.finetune_epochs} of fine-tuning; "
+        f"one-shot methods prune, then fine-tune all {profile.extra_epochs}"
     )
 
 
@@ -194,6 +216,7 @@ def run_row(
     task = ctx.task
     spec = METHODS[method]
     row: dict[str, Any] = {
+        "seed": ctx.runner.seed,
         "task": task.name,
         "dataset": task.profile.dataset,
         "data": data,
@@ -262,6 +285,44 @@ def run_row(
     return row
 
 
+@dataclass
+class DenseStart:
+    """The dense checkpoint a set of runs starts from, and its measurements."""
+
+    state: dict[str, torch.Tensor]
+    info: dict[str, Any]
+    reference: torch.nn.Module
+    reference_folded: torch.nn.Module
+    sizes: dict[str, Any]
+
+
+def dense_start(setup: TaskSetup, runner: Runner, cache_dir: Path | None) -> DenseStart:
+    """Train (or load from the cache) the dense checkpoint with ``runner``'s seed."""
+    state, info = dense_checkpoint(setup, runner, cache_dir)
+    info = {**info, "seed": runner.seed}
+    reference = setup.build_net()
+    reference.load_state_dict(state)
+    reference.eval()
+    example = setup.example(1)
+    folded = lp.fold_batchnorm(reference, example)
+    return DenseStart(state, info, reference, folded, describe_model(reference, example))
+
+
+def _is_done(rows: list[dict[str, Any]], task: str, method: str, target: Any, seed: int) -> bool:
+    return any(
+        r["task"] == task
+        and r["method"] == method
+        and r["target"] == target
+        and r.get("seed", DATA_SEED) == seed
+        for r in rows
+    )
+
+
+def _all_seeds(seeds: list[int], rows: list[dict[str, Any]]) -> list[int]:
+    """The seeds of this run and of the rows kept from a previous one (``--resume``)."""
+    return sorted({*seeds, *(int(r.get("seed", DATA_SEED)) for r in rows)})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = get_profile(args.profile)
@@ -269,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, threads=args.threads)
     if args.latency_threads is not None:
         profile = dataclasses.replace(profile, latency_threads=args.latency_threads)
+    if args.seeds is not None:
+        profile = dataclasses.replace(profile, seeds=tuple(args.seeds))
     if args.targets is not None:
         for task in TASKS:
             profile = profile.replace_task(task, targets=tuple(args.targets))
@@ -292,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.accelerator == "cpu":
         torch.set_num_threads(profile.threads)
     devices: Any = int(args.devices) if args.devices.isdigit() else args.devices
-    runner = Runner(args.accelerator, devices, args.precision, args.seed)
+    seeds = list(profile.seeds)
     tasks = list(TASKS) if args.task == "all" else [args.task]
     command = "python -m benchmarks.compare " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
@@ -309,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": _load(),
         "accelerator": args.accelerator,
         "command": command,
+        "seeds": seeds,
+        "data_seed": DATA_SEED,
+        "dense_per_seed": bool(args.dense_per_seed),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -319,74 +385,87 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": old_meta.get("tasks", {}),
     }
     started = time.perf_counter()
+    cache = None if args.no_cache else cache_dir
     for task_name in tasks:
         tprof = profile.task(task_name)
         source = locate(tprof.dataset, args.data_root, cache_dir, args.download)
-        setup = TaskSetup(task_name, tprof, source, num_workers, args.seed)
+        setup = TaskSetup(task_name, tprof, source, num_workers, DATA_SEED)
         _log(f"{task_name}: preparing {tprof.dataset} from {source.path} ({source.origin})")
         setup.prepare()
         data = setup.description()
         _log(f"{task_name}: data = {data}")
-        state, dense_info = dense_checkpoint(setup, runner, None if args.no_cache else cache_dir)
-        _log(f"{task_name}: dense checkpoint {dense_info}")
-        reference = setup.build_net()
-        reference.load_state_dict(state)
-        reference.eval()
-        example = setup.example(1)
-        reference_folded = lp.fold_batchnorm(reference, example)
-        dense_sizes = describe_model(reference, example)
-        ctx = Context(setup, runner, state, dense_sizes["flops"])
-        for row in rows:  # resumed: model_pruning needs tp_magnitude's channel ratios
-            if row["task"] == task_name and row["method"] == "tp_magnitude":
-                ratio = row.get("info", {}).get("channel_ratio")
-                ctx.shared.setdefault("channel_ratio", {})[row["target"]] = ratio
+        shared: DenseStart | None = None
+        if not args.dense_per_seed:
+            shared = dense_start(
+                setup, Runner(args.accelerator, devices, args.precision, DATA_SEED), cache
+            )
+            _log(f"{task_name}: shared dense checkpoint {shared.info}")
+        methods = resolve_methods(args.methods, task_name, tprof.methods)
         meta["tasks"][task_name] = {
             "model": f"{tprof.model} {tprof.model_kwargs or ''}".strip(),
             "metric": setup.metric_name,
             "data": data,
             "budget": _budget(tprof),
-            "dense_checkpoint": dense_info,
-            "dense_flops": dense_sizes["flops"],
-            "dense_params": dense_sizes["params"],
+            "seeds": seeds,
+            "dense_checkpoint": shared.info if shared is not None else "one per seed",
+            "dense_checkpoints": {},
             "latency_batches": list(tprof.latency_batches),
+            "methods": methods,
+            "targets": list(tprof.targets),
         }
-        methods = resolve_methods(args.methods, task_name, tprof.methods)
-        _log(f"{task_name}: methods {methods}, targets {tprof.targets}")
-        for method in methods:
-            targets = list(tprof.targets) if METHODS[method].pruning else [None]
-            for target in targets:
-                done = any(
-                    r["task"] == task_name and r["method"] == method and r["target"] == target
-                    for r in rows
-                )
-                if done:
-                    _log(f"{task_name}: {method} @ {target}: kept from the previous run")
-                    continue
-                _log(f"{task_name}: {method} @ {target} ...")
-                row = run_row(
-                    ctx,
-                    method,
-                    target,
-                    reference,
-                    reference_folded,
-                    dense_sizes["params"],
-                    profile,
-                    data,
-                )
-                rows.append(row)
-                summary = (
-                    f"{row['metric']} {row['score']:.4f}, "
-                    f"FLOPs removed {row['flops_removed']:.3f}, "
-                    f"speedup {row.get('speedup_b' + str(tprof.latency_batches[-1])):.2f}, "
-                    f"train {row['train_s']:.0f}s"
-                    if row["status"] == "ok"
-                    else row["status"]
-                )
-                _log(f"{task_name}: {method} @ {target}: {summary}")
-                meta["wall_s"] = time.perf_counter() - started + old_meta.get("wall_s", 0.0)
-                meta["load_average_end"] = _load()
-                report.write(out, meta, rows, with_plot=False)
+        _log(f"{task_name}: methods {methods}, targets {tprof.targets}, seeds {seeds}")
+        for seed in seeds:
+            runner = Runner(args.accelerator, devices, args.precision, seed)
+            start = shared
+            if start is None:
+                start = dense_start(setup, runner, cache)
+                _log(f"{task_name}: seed {seed}: dense checkpoint {start.info}")
+            meta["tasks"][task_name]["dense_checkpoints"][str(seed)] = start.info
+            meta["tasks"][task_name]["dense_flops"] = start.sizes["flops"]
+            meta["tasks"][task_name]["dense_params"] = start.sizes["params"]
+            ctx = Context(setup, runner, start.state, start.sizes["flops"])
+            for row in rows:  # resumed: model_pruning needs tp_magnitude's channel ratios
+                if (
+                    row["task"] == task_name
+                    and row["method"] == "tp_magnitude"
+                    and row.get("seed", DATA_SEED) == seed
+                ):
+                    ratio = row.get("info", {}).get("channel_ratio")
+                    ctx.shared.setdefault("channel_ratio", {})[row["target"]] = ratio
+            for method in methods:
+                targets = list(tprof.targets) if METHODS[method].pruning else [None]
+                for target in targets:
+                    name = f"{task_name}: seed {seed}: {method} @ {target}"
+                    if _is_done(rows, task_name, method, target, seed):
+                        _log(f"{name}: kept from the previous run")
+                        continue
+                    _log(f"{name} ...")
+                    row = run_row(
+                        ctx,
+                        method,
+                        target,
+                        start.reference,
+                        start.reference_folded,
+                        start.sizes["params"],
+                        profile,
+                        data,
+                    )
+                    rows.append(row)
+                    summary = (
+                        f"{row['metric']} {row['score']:.4f}, "
+                        f"FLOPs removed {row['flops_removed']:.3f}, "
+                        f"speedup {row.get('speedup_b' + str(tprof.latency_batches[-1])):.2f}, "
+                        f"train {row['train_s']:.0f}s"
+                        if row["status"] == "ok"
+                        else row["status"]
+                    )
+                    _log(f"{name}: {summary}")
+                    meta["wall_s"] = time.perf_counter() - started + old_meta.get("wall_s", 0.0)
+                    meta["load_average_end"] = _load()
+                    meta["seeds"] = _all_seeds(seeds, rows)
+                    report.write(out, meta, rows, with_plot=False)
     meta["load_average_end"] = _load()
+    meta["seeds"] = _all_seeds(seeds, rows)
     meta["wall_s"] = (
         time.perf_counter() - started + (old_meta.get("wall_s", 0.0) if args.resume else 0.0)
     )

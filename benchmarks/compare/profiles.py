@@ -1,15 +1,18 @@
-"""Benchmark profiles: data subsets, epoch budgets and pruning targets, chosen per machine.
+"""Benchmark profiles: data subsets, epoch budgets, pruning targets and seeds, per machine.
 
 * ``smoke``: a few minutes on 2 CPU cores; tiny subsets, one epoch per phase. Checks that every
   method runs end to end and that the report is written; its numbers mean nothing.
-* ``cpu``: about 90 minutes on 2 CPU cores (see benchmarks/README.md for the reasoning).
+* ``cpu``: about 2.5 hours on 2 idle CPU cores, 3 seeds (see benchmarks/README.md for the
+  sizing).
 * ``full``: the papers' settings, for a GPU (CIFAR-10 ResNet-56 for 160 + 40 epochs, U-Net on
   Cityscapes).
 
 Every method starts from one shared dense checkpoint (``pretrain_epochs``) and then gets
-``extra_epochs`` more epochs: methods with a structure-learning phase (lightning_prune's
-gates, Torch-Pruning's group-norm sparse learning) spend ``prune_epochs`` of them on it and
-fine-tune for the rest; one-shot methods prune first and fine-tune for all of them.
+``extra_epochs`` more epochs with the same SGD recipe (``lr``, cosine per step). lightning_prune
+runs its library defaults in one ``fit`` of all of them (the schedule it derives from the run's
+length: first half structure learning, then collapse and training of the compact network);
+Torch-Pruning group-norm spends ``prune_epochs`` on sparse learning and fine-tunes for the rest;
+one-shot methods prune first and fine-tune for all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class TaskProfile:
     """Settings of one task (classification or segmentation) in a profile.
+
+    There are no lightning_prune settings here: its rows run the library's defaults with only
+    the FLOPs target (``target = 1 - removed``) and the task's training recipe.
 
     Attributes:
         dataset: ``"cifar10"``, ``"camvid"`` or ``"cityscapes"``.
@@ -35,29 +41,15 @@ class TaskProfile:
         pretrain_epochs: epochs of the shared dense checkpoint.
         pretrain_lr: peak SGD learning rate of that training (cosine to 0).
         extra_epochs: epochs every method gets after the dense checkpoint.
-        prune_epochs: of those, epochs of structure learning (gates / sparse learning).
-        lr: peak SGD learning rate of every method's extra epochs (cosine to 0).
+        prune_epochs: of those, Torch-Pruning group-norm's sparse-learning epochs (and the
+            structure epochs of the optional DPP rows); half of ``extra_epochs`` in the
+            profiles, like the structure phase lightning_prune's schedule derives. Not used by
+            lightning_prune.
+        lr: peak SGD learning rate of every method's extra epochs (cosine to 0 per step).
         weight_decay: SGD weight decay (all methods, all phases).
-        structure_lr: lightning_prune: Adam learning rate of the network during structure
-            learning (paper 1 trains with Adam, lr 1e-3; fine-tuning uses the common SGD).
-        gate_lr: lightning_prune: Adam learning rate of the gate logits.
-        controller_kp: lightning_prune: proportional gain of the PI FLOPs controller.
-        controller_ki: lightning_prune: integral gain (per step) of the PI FLOPs controller.
-        anneal_from: lightning_prune: fraction of the structure phase after which the sigmoid
-            temperature anneals (cubic, 5 -> 30); gates move freely before that.
-        gate_init: lightning_prune: importance criterion seeding the gates' starting order
-            (``"magnitude"``; ``None``: the paper's uniform start).
-        gate_init_spread: lightning_prune: half-width of that seeding in logit units.
-        gate_kwargs: lightning_prune: keyword arguments of the gate class (e.g.
-            ``{"straight_through": True}`` for sigmoid gates).
-        gate_settings: lightning_prune: per gate family (``"sigmoid"``, ``"hard_concrete"``)
-            overrides of the fields above (``gate_lr``, ``controller_kp``, ``gate_init``, ...);
-            they win over ``--set`` of the same plain field.
         targets: fractions of FLOPs removed.
         methods: methods run when ``--methods`` is not given.
         latency_batches: batch sizes of the CPU latency measurement.
-        tp_steps: Torch-Pruning: ``iterative_steps`` of the progressive pruning loop (the
-            granularity of the FLOPs search).
         tp_reg: Torch-Pruning group-norm pruner: sparse-learning regularisation strength.
     """
 
@@ -76,19 +68,9 @@ class TaskProfile:
     prune_epochs: int = 1
     lr: float = 0.02
     weight_decay: float = 5e-4
-    structure_lr: float = 1e-3
-    gate_lr: float = 0.1
-    controller_kp: float = 2.0
-    controller_ki: float = 0.05
-    anneal_from: float = 0.5
-    gate_init: str | None = None
-    gate_init_spread: float = 2.0
-    gate_settings: dict = field(default_factory=dict)
-    gate_kwargs: dict = field(default_factory=dict)
-    targets: tuple[float, ...] = (0.5, 0.75, 0.9)
+    targets: tuple[float, ...] = (0.75, 0.9)
     methods: tuple[str, ...] = ()
     latency_batches: tuple[int, ...] = (1, 32)
-    tp_steps: int = 200
     tp_reg: float = 5e-4
 
     def __post_init__(self) -> None:
@@ -100,13 +82,9 @@ class TaskProfile:
         if any(not 0.0 < t < 1.0 for t in self.targets):
             raise ValueError(f"targets are fractions of FLOPs removed in (0, 1): {self.targets}")
 
-    def for_gate(self, gate: str) -> TaskProfile:
-        """This profile with ``gate_settings[gate]`` applied."""
-        return dataclasses.replace(self, **self.gate_settings.get(gate, {}))
-
     @property
     def finetune_epochs(self) -> int:
-        """Epochs left for fine-tuning after a structure-learning phase."""
+        """Epochs left for fine-tuning after a sparse-learning / structure phase."""
         return self.extra_epochs - self.prune_epochs
 
 
@@ -118,6 +96,7 @@ class Profile:
         name: ``smoke``, ``cpu`` or ``full``.
         classification: the classification task profile.
         segmentation: the segmentation task profile.
+        seeds: training seeds; every method runs once per seed (``--seeds`` overrides).
         threads: CPU threads for training (CPU runs) and, unless ``latency_threads`` is set,
             for the latency measurement.
         latency_threads: CPU threads of the latency measurement (``None``: ``threads``).
@@ -130,12 +109,17 @@ class Profile:
     name: str
     classification: TaskProfile
     segmentation: TaskProfile
+    seeds: tuple[int, ...] = (0,)
     threads: int = 2
     latency_threads: int | None = None
     num_workers: int = 0
     latency_rounds: int = 3
     latency_repeats: int = 5
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one: {self.seeds}")
 
     def task(self, task: str) -> TaskProfile:
         """The task profile named ``task``."""
@@ -168,10 +152,9 @@ SMOKE = Profile(
         pretrain_epochs=1,
         extra_epochs=2,
         prune_epochs=1,
-        targets=(0.5, 0.75),
+        targets=(0.75, 0.9),
         methods=CLASSIFICATION_METHODS,
         latency_batches=(1, 8),
-        tp_steps=50,
     ),
     segmentation=TaskProfile(
         dataset="camvid",
@@ -188,11 +171,11 @@ SMOKE = Profile(
         prune_epochs=1,
         lr=0.01,
         pretrain_lr=0.05,
-        targets=(0.5, 0.75),
+        targets=(0.75,),
         methods=("dense", "lp_sigmoid", "tp_magnitude"),
         latency_batches=(1, 2),
-        tp_steps=50,
     ),
+    seeds=(0,),
     latency_rounds=1,
     latency_repeats=2,
 )
@@ -200,9 +183,9 @@ SMOKE = Profile(
 CPU = Profile(
     name="cpu",
     description=(
-        "2 CPU cores, about 90 minutes: CIFAR-10 ResNet-20 on a 10k-image training subset "
-        "(15 dense epochs, then 4 per method: 1 structure + 3 fine-tuning), CamVid "
-        "U-Net(resnet18) at 64x96 (15 + 4: 2 + 2)"
+        "2 CPU cores, about 2.5 hours, 3 seeds: CIFAR-10 ResNet-20 on a 10k-image training "
+        "subset (15 dense epochs, then 6 per method) at 75/90% removed, CamVid U-Net(resnet18) "
+        "at 64x96 (15 + 6) at 75% removed"
     ),
     classification=TaskProfile(
         dataset="cifar10",
@@ -212,33 +195,14 @@ CPU = Profile(
         batch_size=128,
         pretrain_epochs=15,
         pretrain_lr=0.1,
-        extra_epochs=4,
-        # one epoch (79 steps) of structure learning, three of fine-tuning: with 2 + 2 the
-        # pruned networks had too little fine-tuning (2026-12-02 run: lp_hard_concrete 65.0% at
-        # 75% vs Torch-Pruning magnitude's 67.0% after 4 fine-tuning epochs)
-        prune_epochs=1,
-        # hard-concrete gates: with gate_lr 0.1 and gains 2 / 0.05 no gate closed within the 79
-        # structure steps (the final budget snap did all the pruning: 65.8% at 75%); faster
-        # gates, stronger gains and a magnitude-seeded start prune during the phase
-        # (67.8%; Torch-Pruning magnitude 66.2% from the same checkpoint). Sigmoid gates
-        # oscillate with these gains (53%); soft sigmoid gates lost 44-55% at 75% because the
-        # network trained on half-open channels that collapse then snapped to 0/1: a
-        # straight-through forward (hard mask forward, sigmoid gradient) gives 64.5%, 65.3%
-        # with a magnitude-seeded start.
-        gate_settings={
-            "hard_concrete": {
-                "gate_lr": 0.3,
-                "controller_kp": 5.0,
-                "controller_ki": 0.2,
-                "gate_init": "magnitude",
-            },
-            "sigmoid": {"gate_kwargs": {"straight_through": True}, "gate_init": "magnitude"},
-        },
+        # 474 steps: lightning_prune's schedule gives 237 to structure learning, 237 to the
+        # collapsed network; Torch-Pruning group-norm: 3 epochs of sparse learning + 3
+        extra_epochs=6,
+        prune_epochs=3,
         lr=0.02,
-        targets=(0.5, 0.75, 0.9),
+        targets=(0.75, 0.9),
         methods=CLASSIFICATION_METHODS,
         latency_batches=(1, 32),
-        tp_steps=200,
     ),
     segmentation=TaskProfile(
         dataset="camvid",
@@ -252,14 +216,14 @@ CPU = Profile(
         batch_size=8,
         pretrain_epochs=15,
         pretrain_lr=0.05,
-        extra_epochs=4,
-        prune_epochs=2,
+        extra_epochs=6,
+        prune_epochs=3,
         lr=0.01,
-        targets=(0.5, 0.75),
+        targets=(0.75,),
         methods=SEGMENTATION_METHODS,
         latency_batches=(1, 32),
-        tp_steps=100,
     ),
+    seeds=(0, 1, 2),
     latency_rounds=3,
     latency_repeats=5,
 )
@@ -268,7 +232,7 @@ FULL = Profile(
     name="full",
     description=(
         "GPU, the papers' settings: CIFAR-10 ResNet-56 (160 dense + 40 epochs per method), "
-        "Cityscapes U-Net(resnet34) at 512x1024"
+        "Cityscapes U-Net(resnet34) at 512x1024, 3 seeds"
     ),
     classification=TaskProfile(
         dataset="cifar10",
@@ -279,13 +243,9 @@ FULL = Profile(
         extra_epochs=40,
         prune_epochs=20,
         lr=0.01,
-        gate_lr=0.05,
-        controller_kp=1.0,
-        controller_ki=0.01,
         targets=(0.5, 0.75, 0.9),
         methods=CLASSIFICATION_METHODS,
         latency_batches=(1, 32),
-        tp_steps=400,
     ),
     segmentation=TaskProfile(
         dataset="cityscapes",
@@ -303,8 +263,8 @@ FULL = Profile(
         targets=(0.5, 0.75, 0.9),
         methods=SEGMENTATION_METHODS,
         latency_batches=(1, 4),
-        tp_steps=400,
     ),
+    seeds=(0, 1, 2),
     threads=16,
     num_workers=8,
     latency_rounds=3,

@@ -10,8 +10,8 @@ Not in any profile's default method list; run them with ``--methods dpp`` (or by
   (``lp.hard_cost``, what ``collapse`` will give) remove the target fraction (the same search
   as ``benchmarks/bench_engine.py``). The gate logits start from the channels' magnitudes in
   the dense checkpoint (the deterministic top-k is then magnitude pruning), ``tau`` anneals
-  linearly 5 -> 0.5 over the structure phase (Adam, ``structure_lr`` / ``gate_lr`` like the
-  ``lp_*`` methods) with the entropy regulariser, ``NetworkCollapse`` turns the network into
+  linearly 5 -> 0.5 over the structure phase (Adam: network ``STRUCTURE_LR``, gates
+  ``GATE_LR``) with the entropy regulariser, ``NetworkCollapse`` turns the network into
   the smaller dense one, and the rest of the budget fine-tunes it with the common SGD recipe.
 * ``dpp_weight_2to4``: DPP at weight granularity, 2 of every 4 consecutive input weights of
   every conv / linear layer whose input channels divide by 4 (the 2:4 pattern of sparse
@@ -28,15 +28,16 @@ Not in any profile's default method list; run them with ``--methods dpp`` (or by
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
 
 import lightning_prune as lp
 from benchmarks.compare.methods.base import Context, Outcome, register_method
-from benchmarks.compare.methods.lightning_prune import collapse_and_finetune, gated_module
 from lightning_prune import dpp
 from lightning_prune.callbacks import (
     DynamicProbabilisticPruning,
@@ -44,6 +45,7 @@ from lightning_prune.callbacks import (
     TemperatureAnnealing,
 )
 from lightning_prune.dpp._select import raw_weight, select_layers
+from lightning_prune.module import ClassificationModule, SegmentationModule
 from lightning_prune.penalties import SparsityPenalty
 
 #: Weight of DPP's entropy regulariser (the paper: 1e-5 .. 5e-3).
@@ -51,6 +53,53 @@ ENTROPY_WEIGHT = 1e-3
 #: SGD learning rate of the 2:4 mask logits relative to the network's: their gradients are
 #: about 20x smaller than the weights'.
 LOGIT_LR_FACTOR = 10.0
+#: Adam learning rate of the network during ``dpp_feature``'s structure phase (paper 1's).
+STRUCTURE_LR = 1e-3
+#: Adam learning rate of the Gumbel top-k gate logits.
+GATE_LR = 0.1
+
+
+def gated_module(
+    ctx: Context,
+    gate: str,
+    penalty: SparsityPenalty,
+    gate_kwargs: dict[str, Any] | None = None,
+) -> ClassificationModule | SegmentationModule:
+    """The task's ready module around a copy of the dense network, set up for ``dpp_feature``'s
+    structure phase: Adam (``STRUCTURE_LR``) with a cosine schedule per step, ``gate`` gates
+    with their own learning rate (``GATE_LR``), and ``penalty``."""
+    task, p = ctx.task, ctx.profile
+    adam = functools.partial(torch.optim.Adam, lr=STRUCTURE_LR, weight_decay=p.weight_decay)
+    kwargs: dict[str, Any] = {
+        "num_classes": task.num_classes,
+        "input_shape": task.input_shape,
+        "optimizer": adam,
+        "lr_scheduler": "cosine",
+        "scheduler_interval": "step",
+        "gate": gate,
+        "penalty": penalty,
+        "gate_lr": GATE_LR,
+    }
+    if gate_kwargs is not None:
+        kwargs["gate_kwargs"] = gate_kwargs
+    if task.name == "classification":
+        return ClassificationModule(ctx.dense_net(), **kwargs)
+    return SegmentationModule(ctx.dense_net(), ignore_index=task.ignore_index, **kwargs)
+
+
+def collapse_and_finetune(
+    ctx: Context, module: ClassificationModule | SegmentationModule
+) -> tuple[float, float]:
+    """Collapse ``module`` if the structure fit did not (``prune_epochs == 0``), then fine-tune
+    it with the common SGD recipe for the remaining epochs; returns (collapse s, fine-tune s)."""
+    collapse_s = 0.0
+    if lp.is_augmented(module):
+        start = time.perf_counter()
+        lp.collapse(module, inplace=True)
+        collapse_s = time.perf_counter() - start
+    module.optimizer_fn = ctx.task.optimizer(ctx.profile.lr)
+    finetune_s = ctx.runner.fit(module, ctx.task.datamodule, ctx.profile.finetune_epochs)
+    return collapse_s, finetune_s
 
 
 # ---------------------------------------------------------------------- feature-map k

@@ -1,4 +1,4 @@
-"""(c) Torch-Pruning (DepGraph), through its public API, at the same FLOPs targets.
+"""(c) Torch-Pruning (DepGraph), through its public API, at the same FLOPs as every method.
 
 Two of its pruners, following its own CIFAR benchmark recipe (``benchmarks/main.py``):
 
@@ -9,17 +9,27 @@ Two of its pruners, following its own CIFAR benchmark recipe (``benchmarks/main.
   regulariser ``reg``) with global ranking: ``prune_epochs`` of sparse learning
   (``pruner.regularize`` after every backward), then pruning, then fine-tuning for the rest.
 
-Both reach the FLOPs target the way Torch-Pruning's benchmark does ("progressive pruning"):
-``pruning_ratio=1.0`` spread over ``iterative_steps`` small steps, stepping until the FLOPs
-(counted with ``lp.count_flops``, the counter used for every method) fall to the target. The
-last step can overshoot; the achieved FLOPs are reported as they come out. Layers keep at
-least 5% of their channels (``max_pruning_ratio=0.95``); the classifier / segmentation head's
-outputs are never pruned.
+Equal FLOPs (issue 11): Torch-Pruning takes a channel ratio, not a FLOPs target, so the ratio is
+searched (:func:`search_flops`): bisection on ``pruning_ratio``, each trial a one-shot
+``pruner.step()`` on a fresh copy of the network, FLOPs counted with ``lp.count_flops`` (the
+counter of every method), until the FLOPs removed lie within ``STOP_TOLERANCE`` of the target.
+A uniform ratio moves in steps: every layer keeps ``floor(C * (1 - ratio))`` channels, so all
+16-channel layers of a ResNet-20 lose a channel at the same ratio and the FLOPs jump by a few
+points. When the bisection cannot land close enough, a **final correction** prunes the network
+just short of the target a little further with the same importance ranked globally
+(``global_pruning=True``, a second bisection on its small ratio). The row records the ratio, the
+correction ratio (``None`` when none was needed), the FLOPs removed and the miss; the harness
+requires every run within 1 point (``FLOPS_TOLERANCE``). Layers keep at least 5% of their
+channels (``max_pruning_ratio=0.95``); the classifier / segmentation head's outputs are never
+pruned.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +39,18 @@ from torch import nn
 import lightning_prune as lp
 from benchmarks.compare.methods.base import Context, Outcome, register_method
 from benchmarks.compare.tasks import head_layer
+
+#: The search stops once the FLOPs removed lie this close to the target (absolute fraction).
+STOP_TOLERANCE = 0.0025
+#: Equal FLOPs: every Torch-Pruning run must land within this of its target (1 point).
+FLOPS_TOLERANCE = 0.01
+#: Bisection iterations per stage (ratio resolution 0.95 / 2**10 = 0.001: finer than one channel
+#: of the widest layers of these networks, 1 / 512).
+ITERATIONS = 10
+#: No layer loses more than this fraction of its channels.
+MAX_PRUNING_RATIO = 0.95
+#: Upper end of the correction step's (global) ratio: it only closes a gap of a few points.
+MAX_CORRECTION = 0.5
 
 
 def _tp() -> Any:
@@ -42,56 +64,206 @@ def _tp() -> Any:
     return torch_pruning
 
 
-def build_pruner(kind: str, net: nn.Module, example: torch.Tensor, steps: int, reg: float) -> Any:
-    """A Torch-Pruning pruner over ``net`` that prunes ``1/steps`` more per ``step()``.
+def build_pruner(
+    kind: str,
+    net: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    reg: float = 5e-4,
+    global_pruning: bool | None = None,
+) -> Any:
+    """A one-shot Torch-Pruning pruner over ``net``: ``pruner.step()`` prunes ``ratio``.
 
-    Building the dependency graph leaves ``net`` in eval mode; its train/eval state is restored
-    (Lightning keeps the state a module enters ``fit`` with, so the fine-tuning would otherwise
-    run with frozen BatchNorm statistics).
+    ``kind``: ``"magnitude"`` (``MagnitudePruner``, L1, local unless ``global_pruning``) or
+    ``"group_norm"`` (``GroupNormPruner``, group L2, global unless ``global_pruning`` is
+    ``False``). The dependency graph is traced in eval mode (no BatchNorm statistics change);
+    ``net``'s train/eval state is restored (Lightning keeps the state a module enters ``fit``
+    with, so fine-tuning would otherwise run with frozen BatchNorm statistics).
     """
     was_training = net.training
+    net.eval()
     try:
-        return _build_pruner(kind, net, example, steps, reg)
+        return _build_pruner(kind, net, example, ratio, reg, global_pruning)
     finally:
         net.train(was_training)
 
 
-def _build_pruner(kind: str, net: nn.Module, example: torch.Tensor, steps: int, reg: float) -> Any:
+def _build_pruner(
+    kind: str,
+    net: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    reg: float,
+    global_pruning: bool | None,
+) -> Any:
     tp = _tp()
     common: dict[str, Any] = {
-        "pruning_ratio": 1.0,
-        "iterative_steps": steps,
-        "max_pruning_ratio": 0.95,
+        "pruning_ratio": float(ratio),
+        "iterative_steps": 1,
+        "max_pruning_ratio": MAX_PRUNING_RATIO,
         "ignored_layers": [head_layer(net)],
     }
     if kind == "magnitude":
         importance = tp.importance.MagnitudeImportance(p=1)
         return tp.pruner.MagnitudePruner(
-            net, example, importance=importance, global_pruning=False, **common
+            net, example, importance=importance, global_pruning=bool(global_pruning), **common
         )
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
-    return tp.pruner.GroupNormPruner(
-        net, example, importance=importance, reg=reg, global_pruning=True, **common
-    )
+    if kind == "group_norm":
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+        return tp.pruner.GroupNormPruner(
+            net,
+            example,
+            importance=importance,
+            reg=reg,
+            global_pruning=global_pruning is not False,
+            **common,
+        )
+    raise ValueError(f"unknown Torch-Pruning kind {kind!r}; 'magnitude' or 'group_norm'")
 
 
-def progressive_pruning(
-    pruner: Any, net: nn.Module, example: torch.Tensor, target_flops: float
-) -> tuple[int, float]:
-    """Step the pruner until ``lp.count_flops(net) <= target_flops``; return (steps, FLOPs).
+@dataclass
+class Trial:
+    """One pruned copy: the ratio it was pruned at, the network and its FLOPs."""
 
-    Runs in eval mode (as Torch-Pruning's benchmark does) and restores the train/eval state.
-    """
-    was_training = net.training
-    net.eval()
+    ratio: float
+    net: nn.Module
+    flops: float
+
+
+def prune_copy(
+    kind: str,
+    net: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    reg: float = 5e-4,
+    global_pruning: bool | None = None,
+) -> Trial:
+    """A copy of ``net`` pruned once at ``ratio`` (``net`` itself is left untouched)."""
+    pruned = copy.deepcopy(net)
+    was_training = pruned.training
+    pruned.eval()
     try:
-        flops = float(lp.count_flops(net, example))
-        while flops > target_flops and pruner.current_step < pruner.iterative_steps:
-            pruner.step()
-            flops = float(lp.count_flops(net, example))
+        if ratio > 0:
+            build_pruner(kind, pruned, example, ratio, reg, global_pruning).step()
+        flops = float(lp.count_flops(pruned, example))
     finally:
-        net.train(was_training)
-    return int(pruner.current_step), flops
+        pruned.train(was_training)
+    return Trial(float(ratio), pruned, flops)
+
+
+@dataclass
+class Bisection:
+    """Outcome of one bisection: the closest trial, the closest one short of the target (fewer
+    FLOPs removed than asked, ``None`` if every trial went past it) and the trial count."""
+
+    best: Trial
+    short: Trial | None
+    evaluations: int
+
+
+def bisect_ratio(
+    evaluate: Callable[[float], Trial],
+    target_flops: float,
+    high: float,
+    stop_flops: float,
+    iterations: int = ITERATIONS,
+) -> Bisection:
+    """Bisect a ratio in ``(0, high]`` so that ``evaluate(ratio).flops`` approaches
+    ``target_flops`` (FLOPs fall as the ratio grows); stop once within ``stop_flops``."""
+    low, best, short, count = 0.0, None, None, 0
+    for _ in range(iterations):  # keeps two networks at most (a U-Net copy is 50 MB)
+        mid = (low + high) / 2
+        trial = evaluate(mid)
+        count += 1
+        if best is None or abs(trial.flops - target_flops) < abs(best.flops - target_flops):
+            best = trial
+        if trial.flops > target_flops:  # not pruned enough yet
+            low = mid
+            if short is None or trial.ratio > short.ratio:
+                short = trial
+        else:
+            high = mid
+        if abs(trial.flops - target_flops) <= stop_flops:
+            break
+    if best is None:
+        raise ValueError(f"iterations must be positive, got {iterations}")
+    return Bisection(best, short, count)
+
+
+@dataclass
+class SearchResult:
+    """The pruned network at the target FLOPs and how it was found.
+
+    Attributes:
+        net: the pruned network (a copy; the input network is untouched).
+        flops: its FLOPs (``lp.count_flops``, batch 1).
+        removed: fraction of the dense FLOPs removed.
+        ratio: the pruner's ``pruning_ratio`` (for ``magnitude``: the uniform channel ratio).
+        correction_ratio: ratio of the global correction step (``None``: not needed).
+        evaluations: pruned copies tried.
+    """
+
+    net: nn.Module
+    flops: float
+    removed: float
+    ratio: float
+    correction_ratio: float | None = None
+    evaluations: int = 0
+
+
+def search_flops(
+    kind: str,
+    net: nn.Module,
+    example: torch.Tensor,
+    dense_flops: float,
+    removed: float,
+    reg: float = 5e-4,
+    stop_tolerance: float = STOP_TOLERANCE,
+    iterations: int = ITERATIONS,
+) -> SearchResult:
+    """Prune a copy of ``net`` with Torch-Pruning so that it removes ``removed`` of
+    ``dense_flops`` (within ``stop_tolerance`` where the channel counts allow it).
+
+    Stage 1 bisects the pruner's own ratio (uniform for ``magnitude``, global for
+    ``group_norm``). If its closest trial misses by more than ``stop_tolerance``, stage 2 takes
+    the closest trial short of the target and bisects the ratio of a global correction step
+    with the same importance; the closer of the two stages wins.
+
+    Example:
+        >>> from lightning_prune.models import build_model
+        >>> net = build_model("cifar_resnet20", num_classes=10)
+        >>> x = torch.zeros(1, 3, 32, 32)
+        >>> found = search_flops("magnitude", net, x, lp.count_flops(net, x), 0.75)
+        >>> abs(found.removed - 0.75) <= 0.01
+        True
+    """
+    target_flops = (1.0 - removed) * float(dense_flops)
+    stop_flops = stop_tolerance * float(dense_flops)
+    global_first = kind == "group_norm"
+
+    def stage1(ratio: float) -> Trial:
+        return prune_copy(kind, net, example, ratio, reg, global_first)
+
+    first = bisect_ratio(stage1, target_flops, MAX_PRUNING_RATIO, stop_flops, iterations)
+    best, ratio, correction, evaluations = first.best, first.best.ratio, None, first.evaluations
+    if abs(best.flops - target_flops) > stop_flops:
+        base = first.short or Trial(0.0, net, float(lp.count_flops(net, example)))
+
+        def stage2(extra: float) -> Trial:
+            return prune_copy(kind, base.net, example, extra, reg, True)
+
+        second = bisect_ratio(stage2, target_flops, MAX_CORRECTION, stop_flops, iterations)
+        evaluations += second.evaluations
+        if abs(second.best.flops - target_flops) < abs(best.flops - target_flops):
+            best, ratio, correction = second.best, base.ratio, second.best.ratio
+    return SearchResult(
+        net=best.net,
+        flops=best.flops,
+        removed=1.0 - best.flops / float(dense_flops),
+        ratio=ratio,
+        correction_ratio=correction,
+        evaluations=evaluations,
+    )
 
 
 class SparseLearning(Callback):
@@ -113,10 +285,10 @@ def run(ctx: Context, target: float | None, kind: str) -> Outcome:
     task, p = ctx.task, ctx.profile
     net = ctx.dense_net()
     example = task.example(1)
-    pruner = build_pruner(kind, net, example, p.tp_steps, p.tp_reg)
     sparse_s = 0.0
     finetune_epochs = p.extra_epochs
-    if kind == "group_norm":
+    if kind == "group_norm":  # the regulariser does not depend on the ratio
+        pruner = build_pruner(kind, net, example, 0.5, p.tp_reg)
         module = task.plain_module(net, p.lr)
         sparse_s = ctx.runner.fit(
             module, task.datamodule, p.prune_epochs, [SparseLearning(pruner, net)]
@@ -124,19 +296,23 @@ def run(ctx: Context, target: float | None, kind: str) -> Outcome:
         net = module.net.cpu()
         finetune_epochs = p.finetune_epochs
     start = time.perf_counter()
-    steps, _ = progressive_pruning(pruner, net, example, (1.0 - target) * ctx.dense_flops)
+    found = search_flops(kind, net, example, ctx.dense_flops, target, p.tp_reg)
     search_s = time.perf_counter() - start
-    module = task.plain_module(net, p.lr)
+    module = task.plain_module(found.net, p.lr)
     finetune_s = ctx.runner.fit(module, task.datamodule, finetune_epochs)
-    channel_ratio = steps / p.tp_steps
-    if kind == "magnitude":  # model_pruning masks the same per-layer channel ratio
-        ctx.shared.setdefault("channel_ratio", {})[target] = channel_ratio
+    if kind == "magnitude":  # model_pruning masks the same uniform per-layer channel ratio
+        ctx.shared.setdefault("channel_ratio", {})[target] = found.ratio
     info = {
         "pruner": "MagnitudePruner (L1, local)"
         if kind == "magnitude"
         else "GroupNormPruner (group L2, global)",
-        "tp_steps": steps,
-        "channel_ratio": channel_ratio if kind == "magnitude" else None,
+        "pruning_ratio": found.ratio,
+        "correction_ratio": found.correction_ratio,
+        "channel_ratio": found.ratio if kind == "magnitude" else None,
+        "search_removed": found.removed,
+        "search_miss": found.removed - target,
+        "within_tolerance": abs(found.removed - target) <= FLOPS_TOLERANCE,
+        "search_evaluations": found.evaluations,
         "sparse_learning_epochs": p.prune_epochs if kind == "group_norm" else 0,
         "finetune_epochs": finetune_epochs,
         "search_s": search_s,
@@ -147,7 +323,8 @@ def run(ctx: Context, target: float | None, kind: str) -> Outcome:
 @register_method(
     "tp_magnitude",
     family="torch_pruning",
-    label="Torch-Pruning MagnitudePruner (L1, uniform ratio), prune then fine-tune",
+    label="Torch-Pruning MagnitudePruner (L1, uniform ratio searched to the FLOPs), prune, "
+    "fine-tune",
 )
 def tp_magnitude(ctx: Context, target: float | None) -> Outcome:
     return run(ctx, target, "magnitude")
@@ -156,7 +333,8 @@ def tp_magnitude(ctx: Context, target: float | None) -> Outcome:
 @register_method(
     "tp_group_norm",
     family="torch_pruning",
-    label="Torch-Pruning GroupNormPruner (sparse learning, global), prune, fine-tune",
+    label="Torch-Pruning GroupNormPruner (sparse learning, global ratio searched to the FLOPs), "
+    "prune, fine-tune",
 )
 def tp_group_norm(ctx: Context, target: float | None) -> Outcome:
     return run(ctx, target, "group_norm")
