@@ -2,12 +2,12 @@
 
 :class:`_Analyser` adds the handlers of graph inputs and outputs, unknown and pointwise
 operations, and the weight-carrying modules (conv, linear, norm) to the tensor-operation
-handlers it inherits from :class:`~._tensor_ops._TensorOps`.
+handlers it inherits (:mod:`._tensor_ops`, :mod:`._split_ops`, :mod:`._param_ops`).
 """
 
 from __future__ import annotations
 
-from lightning_prune.graph._tensor_ops import _TensorOps
+from lightning_prune.graph._param_ops import _ParamOps
 from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, _Val
 from lightning_prune.graph.ir import OpNode
 
@@ -15,7 +15,7 @@ from lightning_prune.graph.ir import OpNode
 _LAYER_KINDS = ("input", "output", "ignore", "conv", "linear", "norm")
 
 
-class _Analyser(_TensorOps):
+class _Analyser(_ParamOps):
     """The full analyser: graph walk plus input/output/unknown/pointwise/module handlers."""
 
     def run(self) -> None:
@@ -69,6 +69,8 @@ class _Analyser(_TensorOps):
         a = node.attrs
         if v is None or len(v.elems) != a["in_channels"]:
             return self._unknown(node)
+        if a.get("fixed_inputs"):  # a conv whose inputs cannot be sliced
+            self.uf.pin(v.elems, a["fixed_inputs"])
         excluded = self._excluded(path)
         groups = a.get("groups", 1)
         cin, cout = a["in_channels"], a["out_channels"]

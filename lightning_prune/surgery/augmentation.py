@@ -19,9 +19,11 @@ from lightning_prune.graph.ir import Graph
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
 from lightning_prune.surgery.arguments import check_augment_root, check_gate_kwargs, make_gates
 from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
+from lightning_prune.surgery.params import get_tensor
 from lightning_prune.surgery.state import (
     GATES_ATTR,
     STATE_ATTR,
+    CallSpec,
     GateGroup,
     GroupSpec,
     ModuleSpec,
@@ -104,15 +106,17 @@ def _spec(
     model: nn.Module,
     flops: int,
 ) -> ModuleSpec:
-    module = model.get_submodule(m.path)
-    wn, bn = _params(module)
-
     def refs(elems: list[int] | None) -> list[UnitRef]:
         return [pos.get(analysis.unit(e)) for e in elems or []]
 
-    if m.role == "norm":
+    if m.role == "param":  # a per-channel tensor: values scaled by its width
+        numel = get_tensor(model, m.path).numel()
+        return ModuleSpec(m.path, "param", "Parameter", None, refs(m.inputs), 0.0, 0, numel)
+    module = model.get_submodule(m.path)
+    wn, bn = _params(module)
+    if m.role in ("norm", "channels"):
         return ModuleSpec(
-            m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
+            m.path, m.role, type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
         )
     if m.role == "source":  # a constant layer: its values are its only parameters
         values = sum(p.numel() for p in module.parameters(recurse=False))
@@ -155,6 +159,12 @@ def _build_state(
         specs[m.path] = spec
         for gi in touched:
             groups[gi].modules.append(m.path)
+    calls: dict[str, list[CallSpec]] = {}
+    for call in analysis.calls:
+        units = None if call.elems is None else [pos.get(analysis.unit(e)) for e in call.elems]
+        if units is not None and all(u is None for u in units):
+            units = None  # none of its channels is ever removed
+        calls.setdefault(call.scope, []).append(CallSpec(call.key, units, list(call.spans)))
     return PruneState(
         gate_type=gate_type,
         groups=groups,
@@ -163,6 +173,7 @@ def _build_state(
         dense_flops=float(total),
         dense_params=float(count_params(model)),
         backend=graph.backend,
+        calls=calls,
     )
 
 

@@ -1,10 +1,10 @@
 """The operation table: channel rules by module class, callable, Tensor method and ATen op.
 
 Importing this package registers the built-in rules (:mod:`.pointwise`, :mod:`.tensor`,
-:mod:`.layers`). Other packages add their own with :func:`register_op`.
+:mod:`.layers`, :mod:`.reparam`). Other packages add their own with :func:`register_op`.
 """
 
-from lightning_prune.graph.ops import layers, pointwise, tensor
+from lightning_prune.graph.ops import layers, pointwise, reparam, tensor
 from lightning_prune.graph.ops.table import OPS, Call, Op, OpTable, Rule, aten_name, register_op
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "layers",
     "pointwise",
     "register_op",
+    "reparam",
     "tensor",
 ]
