@@ -60,8 +60,7 @@ class _SplitOps(_TensorOps):
             self._record(node, key, None, [])
             return self._unknown(node) if dim == 0 else self._keep(node, v)
         positions = range(len(v.elems))[slice(a.get("start"), a.get("stop"), a.get("step"))]
-        if list(positions) == list(range(len(v.elems))):
-            self._record(node, key, None, [])
+        if key is None:  # a full slice whatever the width: nothing to rewrite
             return self._keep(node, v)
         if positions.step != 1 or not len(positions) or self._repeated(node.scope):
             self._record(node, key, None, [])

@@ -177,6 +177,25 @@ def _build_state(
     )
 
 
+def _nothing_to_prune(model: nn.Module, analysis: ChannelAnalysis) -> str:
+    """Why no group can be gated: the operations that stopped them, else the general rule."""
+    name = type(model).__name__
+    reasons = sorted(analysis.ungated, key=lambda r: (-len(analysis.ungated[r]), r))
+    if not reasons:
+        return (
+            f"{name} has no prunable channel group: lightning_prune prunes the output channels "
+            "of Conv/Linear layers that do not feed the model's output directly. Check "
+            "`exclude=` and that the model has such layers."
+        )
+    more = f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else ""
+    return (
+        f"{name} has no prunable channel group: every group reaches an operation the engine "
+        f"cannot prune through, such as {' and '.join(reasons[:2])}{more}. If such an "
+        "operation acts on each channel separately, register a channel rule for it "
+        "(lightning_prune.graph.ops.register_op)."
+    )
+
+
 def augment(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -235,11 +254,7 @@ def augment(
     traced = trace_channels(model, inputs, exclude)
     analysis = traced.analysis
     if not analysis.groups:
-        raise NothingToPruneError(
-            f"{type(model).__name__} has no prunable channel group: lightning_prune prunes the "
-            "output channels of Conv/Linear layers that do not feed the model's output "
-            "directly. Check `exclude=` and that the model has such layers."
-        )
+        raise NothingToPruneError(_nothing_to_prune(model, analysis))
     state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
     gates = make_gates(gate_cls, [g.num_units for g in state.groups], gate_kwargs)
     for g, spec in zip(gates, state.groups):
