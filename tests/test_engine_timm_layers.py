@@ -316,3 +316,29 @@ def test_a_conv_padded_in_forward_keeps_its_inputs() -> None:
 
     with pytest.warns(UserWarning, match=r"reach StdConv2dSame `conv` \(padded in forward\)"):
         lp.augment(Padded().eval(), X)
+
+
+class Fused(nn.Module):
+    """Norms folded into biased convs (RepVGG / MobileOne after reparameterisation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)  # its bias shifts closed channels
+        self.pwl = nn.Conv2d(16, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = x + self.pwl(F.relu(self.dw(F.relu(self.pw(x)))))
+        return self.head(x)
+
+
+def test_a_biased_depthwise_conv_without_norm_is_a_gate_site() -> None:
+    model, compact = _collapse(Fused, seed=2)
+    groups = {g.name: g for g in lp.get_groups(model)}
+    assert set(groups) == {"stem", "pw"} and "dw" in groups["pw"].modules
+    kept = int(groups["pw"].gate.hard_mask().sum())
+    assert compact.dw.out_channels == compact.dw.groups == kept < 16
+    _round_trips(Fused, compact)

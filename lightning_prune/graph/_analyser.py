@@ -96,14 +96,17 @@ class _Analyser(_ParamOps):
             m.outputs = self.uf.new(a["out_channels"])
         m.inputs = self._merge(m.inputs, v.elems)
         wi, wo = a["in_channels"] // groups, a["out_channels"] // groups
-        bias = f"bias of grouped conv `{path}`" if a.get("bias") else None
+        # with a bias and no norm right after, its output is a gate site (closed channels are
+        # zeroed after the bias); behind a norm, the norm is
+        users = self.users.get(node.name, [])
+        site = bool(a.get("bias")) and not (len(users) == 1 and users[0].kind == "norm")
         taint: list[str | None] = []
         for b in range(groups):
             block = m.inputs[b * wi : (b + 1) * wi] + m.outputs[b * wo : (b + 1) * wo]
             for e in block[1:]:
                 self.uf.union(block[0], e)
-            t = next((t for t in v.taint[b * wi : (b + 1) * wi] if t), None) or bias
-            taint.extend([t] * wo)
+            t = next((t for t in v.taint[b * wi : (b + 1) * wi] if t), None)
+            taint.extend([None if site else t] * wo)
         self.vals[node.name] = _Val(m.outputs, taint)
 
     def _consumer_taint(self, node: OpNode, v: _Val) -> bool:

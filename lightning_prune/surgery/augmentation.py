@@ -153,8 +153,11 @@ def _build_state(
         if not touched:
             continue
         gated_out = any(r is not None for r in spec.out_units)
+        biased = spec.role == "grouped" and _params(model.get_submodule(m.path))[1] > 0
         spec.site = gated_out and (
-            spec.role == "norm" or (spec.role in ("conv", "source") and not m.feeds_norm_only)
+            spec.role == "norm"
+            or (spec.role in ("conv", "source") and not m.feeds_norm_only)
+            or (biased and not m.feeds_norm_only)  # a biased depthwise conv without a norm
         )
         specs[m.path] = spec
         for gi in touched:
