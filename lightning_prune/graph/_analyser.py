@@ -71,6 +71,9 @@ class _Analyser(_ParamOps):
             return self._unknown(node)
         if a.get("fixed_inputs"):  # a conv whose inputs cannot be sliced
             self.uf.pin(v.elems, a["fixed_inputs"])
+        for extra in node.inputs[1:]:  # other operands (a conditional conv's routing weights)
+            if (w := self._val(extra)) is not None:
+                self.uf.pin(w.elems, f"{node.where} (not its data input)")
         excluded = self._excluded(path)
         groups = a.get("groups", 1)
         cin, cout = a["in_channels"], a["out_channels"]

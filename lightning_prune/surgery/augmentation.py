@@ -61,12 +61,15 @@ def _module_flops(graph: Graph, model: nn.Module) -> dict[str, int]:
         y = node.shape
         if not isinstance(x, tuple) or not isinstance(y, tuple):
             continue
-        w = tuple(cast(torch.Tensor, model.get_submodule(node.module).weight).shape)
+        w = node.attrs.get("weight_shape") or tuple(
+            cast(torch.Tensor, model.get_submodule(node.module).weight).shape
+        )
         if node.kind == "linear":
             f = 2 * math.prod(x[:-1]) * w[0] * w[1]
         else:
             spatial = x[2:] if node.attrs.get("transposed") else y[2:]
-            f = 2 * x[0] * math.prod(w) * math.prod(spatial)
+            # a conditional conv also mixes its experts' kernels, per sample
+            f = 2 * x[0] * math.prod(w) * (math.prod(spatial) + node.attrs.get("experts", 0))
         flops[node.module] = flops.get(node.module, 0) + f
     return flops
 

@@ -140,5 +140,8 @@ def to_constant(module: torch.nn.Module) -> torch.nn.Module:
 
     bias = getattr(module, "bias", None)
     n = cast(int, module.out_channels if hasattr(module, "out_channels") else module.out_features)
-    value = bias.detach() if bias is not None else torch.zeros(int(n))
+    if isinstance(bias, torch.Tensor) and bias.ndim == 1:  # (not a mix of experts' biases)
+        value = bias.detach()
+    else:
+        value = torch.zeros(int(n))
     return ConstantLayer.like(module, value)
