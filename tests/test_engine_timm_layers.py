@@ -383,3 +383,40 @@ def test_conditional_convs_are_sliced_and_their_routing_kept() -> None:
     assert compact.pw.weight.shape == (4, kept * compact.pw.in_channels)
     assert lp.count_flops(compact, X) == pytest.approx(lp.hard_cost(model), rel=1e-6)
     _round_trips(Conditional, compact)
+
+
+class Evo(nn.Module):
+    """EvoNorm layers: per-channel (B0) and over groups of 4 channels (S0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers.evo_norm import EvoNorm2dB0, EvoNorm2dS0
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), EvoNorm2dB0(8))
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.norm = EvoNorm2dS0(16, group_size=4)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(self.stem(x))))
+
+
+def test_evo_norms_are_norms_over_their_groups() -> None:
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = Evo().eval()
+    for norm in (model.stem[1], model.norm):  # not the identity of a fresh init
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+            norm.v.uniform_(0.5, 1.5)
+    random_masks(_augment(model), seed=7, closed_every=0)
+    groups = {g.name: g for g in lp.get_groups(model)}
+    assert groups["conv"].num_channels == 4  # 16 channels in groups of 4: 4 units
+    compact = lp.collapse(model)
+    with torch.no_grad():
+        assert max_rel_err(model(FRESH), compact(FRESH)) <= 1e-5
+    kept = int(groups["conv"].gate.hard_mask().sum())
+    assert compact.norm.groups == kept and compact.norm.v.shape == (4 * kept,)
+    assert compact.stem[1].running_var.shape == (compact.stem[0].out_channels,)
+    _round_trips(Evo, compact)
