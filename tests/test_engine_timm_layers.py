@@ -43,7 +43,7 @@ class Mixed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pieces = torch.split(x, self.splits, 1)
-        return torch.cat([conv(p) for conv, p in zip(self.convs, pieces)], 1)
+        return torch.cat([conv(pieces[i]) for i, conv in enumerate(self.convs)], 1)
 
 
 class Splits(nn.Module):

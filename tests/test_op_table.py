@@ -22,6 +22,7 @@ import lightning_prune.graph.fx_backend as fx_mod
 import lightning_prune.graph.trace as trace_mod
 from lightning_prune.graph.analysis import analyse
 from lightning_prune.graph.ops import OPS, pointwise
+from tests.test_engine_timm_layers import Fused, LayerScale, NormFree, Splits
 from tests.test_graph_patterns import Concat, MobileLike, Residual, SharedRelu, cbr
 from tests.zoo import max_rel_err, random_masks
 
@@ -148,6 +149,11 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "timm_efficientnet_b0": (_timm("efficientnet_b0"), (1, 3, 64, 64)),
     "timm_lcnet_050": (_timm("lcnet_050"), (1, 3, 64, 64)),
     "timm_cspresnet50": (_timm("cspresnet50"), (1, 3, 64, 64)),
+    "timm_mixnet_s": (_timm("mixnet_s"), (1, 3, 64, 64)),
+    "splits": (Splits, (2, 3, 16, 16)),
+    "layer_scale": (LayerScale, (2, 3, 16, 16)),
+    "norm_free": (NormFree, (2, 3, 16, 16)),
+    "fused": (Fused, (2, 3, 16, 16)),
 }
 
 
@@ -276,6 +282,23 @@ def test_a_bug_in_the_fx_converter_is_not_hidden(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(trace_mod, "_trace_export", no_export)
     with pytest.raises(ValueError, match="converter bug"):
         lp.augment(Residual().eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_a_bug_in_the_tracer_hooks_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fx tracer's own hooks (leaves, rewritten split sizes) are engine code too."""
+
+    def bug(*args: object) -> None:
+        raise TypeError("hook bug")
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("fell back to torch.export")
+
+    monkeypatch.setattr(trace_mod, "_trace_export", no_export)
+    for target in ("rewrite_call", "is_leaf"):
+        with monkeypatch.context() as patch:
+            patch.setattr(fx_mod, target, bug)
+            with pytest.raises(TypeError, match="hook bug"):
+                lp.augment(Residual().eval(), torch.randn(1, 3, 8, 8))
 
 
 def test_a_bug_in_the_export_converter_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,14 @@ from lightning_prune.graph.ir import Graph, OpNode
 from lightning_prune.graph.ops import OPS, Call, Op
 
 
+class _OwnError(Exception):
+    """An error in the tracer's own hooks: an engine bug, never a reason to fall back."""
+
+    def __init__(self, err: Exception) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
 class _Tracer(fx.Tracer):
     """Keeps the modules :func:`~.frontend.is_leaf` names as single operations."""
 
@@ -31,7 +39,10 @@ class _Tracer(fx.Tracer):
         self.exclude = exclude
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_leaf(m, module_qualified_name, self.exclude)
+        try:
+            return is_leaf(m, module_qualified_name, self.exclude)
+        except Exception as err:
+            raise _OwnError(err) from err
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         if isinstance(root, nn.Module):
@@ -51,7 +62,10 @@ class _Tracer(fx.Tracer):
         if kind in ("call_function", "call_method"):
             path = list(self.module_stack.values())[-1][0] if self.module_stack else ""
             name = target if isinstance(target, str) else getattr(target, "__name__", "")
-            args, kwargs = rewrite_call(self.root.get_submodule(path), name, args, kwargs)
+            try:
+                args, kwargs = rewrite_call(self.root.get_submodule(path), name, args, kwargs)
+            except Exception as err:
+                raise _OwnError(err) from err
         return super().create_node(kind, target, args, kwargs, name, type_expr)
 
 
@@ -150,6 +164,8 @@ def capture_fx(
     try:
         graph = tracer.trace(model)
         gm = fx.GraphModule(tracer.root, graph)
+    except _OwnError as own:
+        raise own.err from None  # a bug of the engine: it propagates as it is
     except Exception as err:
         raise CaptureError("torch.fx", err) from err
     counter = FlopCounterMode(display=False)
