@@ -386,30 +386,31 @@ def test_conditional_convs_are_sliced_and_their_routing_kept() -> None:
 
 
 class Evo(nn.Module):
-    """EvoNorm layers: per-channel (B0) and over groups of 4 channels (S0)."""
+    """Norm + activation layers: EvoNorm per channel (B0), over groups of 4 (S0), and FRN."""
 
     def __init__(self) -> None:
         super().__init__()
         from timm.layers.evo_norm import EvoNorm2dB0, EvoNorm2dS0
+        from timm.layers.filter_response_norm import FilterResponseNormTlu2d
 
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), EvoNorm2dB0(8))
         self.conv = nn.Conv2d(8, 16, 3, padding=1)
         self.norm = EvoNorm2dS0(16, group_size=4)
-        self.head = nn.Conv2d(16, 2, 1)
+        self.last = nn.Sequential(nn.Conv2d(16, 8, 1), FilterResponseNormTlu2d(8))
+        self.head = nn.Conv2d(8, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.conv(self.stem(x))))
+        return self.head(self.last(self.norm(self.conv(self.stem(x)))))
 
 
-def test_evo_norms_are_norms_over_their_groups() -> None:
+def test_norm_act_layers_are_norms_over_their_groups() -> None:
     pytest.importorskip("timm")
     torch.manual_seed(0)
     model = Evo().eval()
-    for norm in (model.stem[1], model.norm):  # not the identity of a fresh init
+    for norm in (model.stem[1], model.norm, model.last[1]):  # not a fresh init's identity
         with torch.no_grad():
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.uniform_(-0.5, 0.5)
-            norm.v.uniform_(0.5, 1.5)
+            for values in norm.parameters():
+                values.uniform_(0.5, 1.5)
     random_masks(_augment(model), seed=7, closed_every=0)
     groups = {g.name: g for g in lp.get_groups(model)}
     assert groups["conv"].num_channels == 4  # 16 channels in groups of 4: 4 units
@@ -419,4 +420,5 @@ def test_evo_norms_are_norms_over_their_groups() -> None:
     kept = int(groups["conv"].gate.hard_mask().sum())
     assert compact.norm.groups == kept and compact.norm.v.shape == (4 * kept,)
     assert compact.stem[1].running_var.shape == (compact.stem[0].out_channels,)
+    assert compact.last[1].tau.shape == (compact.last[0].out_channels,)
     _round_trips(Evo, compact)

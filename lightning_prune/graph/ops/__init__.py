@@ -1,11 +1,11 @@
 """The operation table: channel rules by module class, callable, Tensor method and ATen op.
 
 Importing this package registers the built-in rules (:mod:`.pointwise`, :mod:`.tensor`,
-:mod:`.layers`, :mod:`.reparam`, :mod:`.cond_conv`, :mod:`.evo_norm`). Other packages add
+:mod:`.layers`, :mod:`.reparam`, :mod:`.cond_conv`, :mod:`.norm_act`). Other packages add
 their own with :func:`register_op`.
 """
 
-from lightning_prune.graph.ops import cond_conv, evo_norm, layers, pointwise, reparam, tensor
+from lightning_prune.graph.ops import cond_conv, layers, norm_act, pointwise, reparam, tensor
 from lightning_prune.graph.ops.table import OPS, Call, Op, OpTable, Rule, aten_name, register_op
 
 __all__ = [
@@ -16,8 +16,8 @@ __all__ = [
     "Rule",
     "aten_name",
     "cond_conv",
-    "evo_norm",
     "layers",
+    "norm_act",
     "pointwise",
     "register_op",
     "reparam",

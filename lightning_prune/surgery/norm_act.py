@@ -1,4 +1,4 @@
-"""Slicing EvoNorm layers: every per-channel parameter and buffer, and the group count."""
+"""Slicing norm + activation layers (EvoNorm, FRN): per-channel tensors and group count."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from typing import Any
 
 from torch import nn
 
-from lightning_prune.graph.ops.evo_norm import EVO_NORMS
+from lightning_prune.graph.ops.norm_act import NORM_ACTS
 from lightning_prune.surgery.resize import Index, register_slicer
 
 __all__: list[str] = []
 
 
-@register_slicer(*EVO_NORMS)
-def _slice_evo_norm(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
+@register_slicer(*NORM_ACTS)
+def _slice_norm_act(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
     norm: Any = module
     width = int(norm.weight.numel())
     if out_idx is None:
