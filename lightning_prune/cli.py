@@ -33,8 +33,9 @@ Lightning's own CLI this one
   rebuild;
 * checks that model and data agree (classes, channels, ignore index) and takes the input
   size from the datamodule;
-* turns data errors (missing or malformed data directory) and pruning errors into a short
-  message naming the expected layout and the fix, instead of a traceback (``LP_DEBUG=1``
+* turns data errors (missing or malformed data directory, unreadable files), pruning errors
+  and argument errors (an unknown gate, model and data that disagree) into a short message
+  naming the problem and the fix, with exit code 2, instead of a traceback (``LP_DEBUG=1``
   shows the traceback).
 
 Optimizers are configured on the module (``model.init_args.optimizer``), not with Lightning's
@@ -47,6 +48,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -367,9 +369,42 @@ def check_model_and_data(model: Any, datamodule: Any) -> None:
 
 
 def _friendly_errors() -> tuple[type[BaseException], ...]:
-    from lightning_prune.data import DatasetNotFoundError
+    from lightning_prune.data import DataError, DatasetNotFoundError
 
-    return (DatasetNotFoundError, lp.PruningError)
+    return (DatasetNotFoundError, DataError, lp.PruningError)
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether ``err`` is a ``ValueError`` raised by lightning_prune's own argument checks."""
+    frames = traceback.extract_tb(err.__traceback__)
+    package = f"{os.sep}lightning_prune{os.sep}"
+    return isinstance(err, ValueError) and bool(frames) and package in frames[-1].filename
+
+
+def friendly_error(err: BaseException) -> BaseException | None:
+    """The error to report in one line, found along ``err``'s chain of causes, if any.
+
+    A data, pruning or argument error of lightning_prune (or a ``ValueError`` its checks
+    raised) names the problem and the fix, even when Lightning's argument parser or a data
+    loader worker wrapped it; anything else is a bug and keeps its traceback.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _friendly_errors()) or _raised_here(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s own message (without the worker traceback a DataLoader wraps it in)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -382,8 +417,9 @@ def main(args: Sequence[str] | None = None) -> None:
         args: command-line arguments (default: ``sys.argv[1:]``).
 
     Raises:
-        SystemExit: with status 2 on a data or pruning error (the message is printed to
-            stderr); set ``LP_DEBUG=1`` to get the traceback instead.
+        SystemExit: with status 2 on a data, pruning or argument error (see
+            :func:`friendly_error`; the message is printed to stderr); set ``LP_DEBUG=1`` to
+            get the traceback instead.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in COMMANDS:
@@ -395,10 +431,11 @@ def main(args: Sequence[str] | None = None) -> None:
             # argv is what the user typed (plus the default config): not a conflict with sys.argv
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
             LightningPruneCLI(args=argv)
-    except _friendly_errors() as err:
-        if os.environ.get("LP_DEBUG"):
+    except Exception as err:
+        found = friendly_error(err)
+        if found is None or os.environ.get("LP_DEBUG"):
             raise
-        print(f"\nlightning-prune: error: {err}", file=sys.stderr)
+        print(f"\nlightning-prune: error: {one_line(found)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

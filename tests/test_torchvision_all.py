@@ -54,11 +54,14 @@ def test_every_torchvision_classifier(name: str) -> None:
     with torch.no_grad():
         assert torch.equal(before, model(x))
     random_masks(gates, seed=0, closed_every=4)
+    # collapse verifies on `x`: compare on another batch size and, where allowed, resolution
+    fixed = name.startswith(("vit", "swin", "maxvit"))
+    fresh = torch.randn(2, 3, size if fixed else size + 32, size if fixed else size + 32)
     with torch.no_grad():
-        gated = model(x)
+        gated = model(fresh)
     compact = lp.collapse(model)
     with torch.no_grad():
-        assert max_rel_err(gated, compact(x)) <= 1e-4
+        assert max_rel_err(gated, compact(fresh)) <= 1e-4
     assert lp.count_flops(compact, x) == pytest.approx(lp.hard_cost(model), rel=1e-6)
     for message in skipped:
         assert "reach" in message and "`" in message  # names the op and the module path

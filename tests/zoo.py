@@ -55,6 +55,13 @@ ZOO: dict[str, tuple[Builder, tuple[int, ...]]] = {
 }
 
 
+def fresh_input(shape: tuple[int, ...], seed: int = 7) -> torch.Tensor:
+    """An input collapse has not seen: one more sample, 32 more pixels per side."""
+    b, c, *spatial = shape
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b + 1, c, *(s + 32 for s in spatial), generator=gen)
+
+
 def random_masks(gates: list[lp.gates.ChannelGate], seed: int = 0, closed_every: int = 5) -> None:
     """Keep about half the units of each gate; close every ``closed_every``-th gate fully."""
     gen = torch.Generator().manual_seed(seed)

@@ -18,7 +18,7 @@ from lightning_prune.data.cityscapes import (
     CityscapesSemantic,
 )
 from lightning_prune.data.digits import DigitsDataModule
-from lightning_prune.data.errors import DatasetNotFoundError
+from lightning_prune.data.errors import DataError, DatasetNotFoundError
 from lightning_prune.data.imagenet import ImageNetDataModule
 from lightning_prune.data.registry import DATAMODULES, build_datamodule, register_datamodule
 from lightning_prune.data.shapes import ShapesDataModule, ShapesDataset
@@ -31,6 +31,7 @@ __all__ = [
     "CamVidDataset",
     "CityscapesDataModule",
     "CityscapesSemantic",
+    "DataError",
     "DatasetNotFoundError",
     "DigitsDataModule",
     "ImageNetDataModule",

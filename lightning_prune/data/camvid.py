@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_prune.data.base import Split, VisionDataModule, as_scale_range, as_size
-from lightning_prune.data.errors import DatasetNotFoundError
+from lightning_prune.data.errors import DataError, DatasetNotFoundError, open_image, read_rgb
 from lightning_prune.data.joint_transforms import segmentation_transforms
 from lightning_prune.data.registry import register_datamodule
 
@@ -110,15 +109,13 @@ class CamVidDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        with Image.open(self.images[index]) as img:
-            image = img.convert("RGB")
-        with Image.open(self.labels[index]) as lbl:
-            if lbl.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(
-                    f"CamVid: '{self.labels[index]}' is a {lbl.mode} image; label PNGs must be "
-                    "single-channel class ids (0..10, 11 = void), not colour-coded."
-                )
-            mask = lbl.copy()
+        image = read_rgb(self.images[index], "CamVid")
+        mask = open_image(self.labels[index], "CamVid")
+        if mask.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(
+                f"CamVid: '{self.labels[index]}' is a {mask.mode} image; label PNGs must be "
+                "single-channel class ids (0..10, 11 = void), not colour-coded."
+            )
         if self.transforms is not None:
             return self.transforms(image, mask)
         return image, mask

@@ -15,7 +15,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from lightning_prune.data.base import Split, VisionDataModule
 from lightning_prune.data.datasets import TensorImageDataset, TransformSubset, split_indices
-from lightning_prune.data.errors import DatasetNotFoundError
+from lightning_prune.data.errors import DataError, DatasetNotFoundError
 from lightning_prune.data.folders import open_image_folder
 from lightning_prune.data.registry import register_datamodule
 
@@ -61,7 +61,7 @@ def read_cifar_batches(folder: Path, names: tuple[str, ...]) -> TensorImageDatas
         A :class:`TensorImageDataset` of ``uint8 [N, 3, 32, 32]`` images.
 
     Raises:
-        ValueError: a file is not a CIFAR batch.
+        DataError: a file is not a CIFAR batch.
     """
     images: list[np.ndarray] = []
     labels: list[int] = []
@@ -74,9 +74,9 @@ def read_cifar_batches(folder: Path, names: tuple[str, ...]) -> TensorImageDatas
                 data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 targets = entry["labels"] if "labels" in entry else entry["fine_labels"]
             except Exception as err:
-                raise ValueError(
-                    f"CIFAR-10: '{path}' is not a CIFAR python batch ({err}). Re-download with "
-                    "--data.download=true into an empty folder."
+                raise DataError(
+                    f"CIFAR-10: '{path}' is not a CIFAR python batch ({type(err).__name__}: "
+                    f"{err}). Fix: re-download with --data.download=true into an empty folder."
                 ) from err
         images.append(data)
         labels.extend(int(t) for t in targets)
@@ -139,7 +139,7 @@ def decode_to_memory(folder: ImageFolder) -> TensorImageDataset:
     """Decode every image of an ImageFolder once into a ``uint8 [N, 3, H, W]`` tensor.
 
     Raises:
-        ValueError: the images do not all have the same size.
+        DataError: an image cannot be decoded, or the images differ in size.
     """
 
     def load(path: str) -> torch.Tensor:
@@ -153,9 +153,9 @@ def decode_to_memory(folder: ImageFolder) -> TensorImageDataset:
     for i, (path, _) in enumerate(folder.samples):
         image = load(path)
         if image.shape != first.shape:
-            raise ValueError(
+            raise DataError(
                 f"CIFAR-10: '{path}' is {tuple(image.shape[1:])}, not {tuple(first.shape[1:])} "
-                "like the others; every image must have the same size (32x32)."
+                "like the others. Fix: every image must have the same size (32x32)."
             )
         images[i] = image
     return TensorImageDataset(images, torch.tensor(folder.targets))

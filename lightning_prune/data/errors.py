@@ -1,9 +1,10 @@
-"""The error raised when a data directory is missing or does not hold the expected layout."""
+"""Errors of the data layer: a missing or malformed data directory, an unusable data file."""
 
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -47,3 +48,42 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class DataError(ValueError):
+    """Data that exists but cannot be used as given: an unreadable file, a malformed batch.
+
+    The message names the file, the problem and the fix. It stays a :class:`ValueError`.
+
+    Example:
+        >>> str(DataError("CIFAR-10: 'x.jpg' is not an image. Fix: replace or remove it."))
+        "CIFAR-10: 'x.jpg' is not an image. Fix: replace or remove it."
+    """
+
+
+def open_image(path: str | Path, dataset: str) -> Any:
+    """Open and decode the image file ``path`` with PIL, or raise :class:`DataError`.
+
+    Args:
+        path: the file.
+        dataset: the dataset's name, for the message.
+
+    Returns:
+        The decoded ``PIL.Image.Image`` (its pixels loaded, the file closed).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(
+            f"{dataset}: cannot read image '{path}' ({type(err).__name__}: {err}). Fix: replace "
+            "the file with a valid image, or remove it from the data directory."
+        ) from err
+
+
+def read_rgb(path: str | Path, dataset: str) -> Any:
+    """:func:`open_image` converted to RGB (an ``ImageFolder`` loader)."""
+    return open_image(path, dataset).convert("RGB")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
-from lightning_prune.data.errors import DatasetNotFoundError
+from lightning_prune.data.errors import DatasetNotFoundError, read_rgb
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -25,6 +26,8 @@ def open_image_folder(
     count_fix: str = "point --data.data_dir at a tree with that many class folders",
 ) -> ImageFolder:
     """Open ``root/split`` as an :class:`~torchvision.datasets.ImageFolder` (PIL RGB images).
+
+    An image that cannot be decoded raises :class:`~.errors.DataError` naming the file.
 
     Args:
         dataset: dataset name for messages.
@@ -72,7 +75,7 @@ def open_image_folder(
             "Give every split the same class folders."
         )
     try:
-        return ImageFolder(str(split_dir))
+        return ImageFolder(str(split_dir), loader=partial(read_rgb, dataset=dataset))
     except FileNotFoundError as err:
         raise DatasetNotFoundError(
             dataset, root, f"'{split}/' has class folders without images ({err})", layout, fix

@@ -2,12 +2,12 @@
 
 :class:`_Analyser` adds the handlers of graph inputs and outputs, unknown and pointwise
 operations, and the weight-carrying modules (conv, linear, norm) to the tensor-operation
-handlers it inherits from :class:`~._tensor_ops._TensorOps`.
+handlers it inherits (:mod:`._tensor_ops`, :mod:`._split_ops`, :mod:`._param_ops`).
 """
 
 from __future__ import annotations
 
-from lightning_prune.graph._tensor_ops import _TensorOps
+from lightning_prune.graph._param_ops import _ParamOps
 from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, _Val
 from lightning_prune.graph.ir import OpNode
 
@@ -15,7 +15,7 @@ from lightning_prune.graph.ir import OpNode
 _LAYER_KINDS = ("input", "output", "ignore", "conv", "linear", "norm")
 
 
-class _Analyser(_TensorOps):
+class _Analyser(_ParamOps):
     """The full analyser: graph walk plus input/output/unknown/pointwise/module handlers."""
 
     def run(self) -> None:
@@ -69,6 +69,11 @@ class _Analyser(_TensorOps):
         a = node.attrs
         if v is None or len(v.elems) != a["in_channels"]:
             return self._unknown(node)
+        if a.get("fixed_inputs"):  # a conv whose inputs cannot be sliced
+            self.uf.pin(v.elems, a["fixed_inputs"])
+        for extra in node.inputs[1:]:  # other operands (a conditional conv's routing weights)
+            if (w := self._val(extra)) is not None:
+                self.uf.pin(w.elems, f"{node.where} (not its data input)")
         excluded = self._excluded(path)
         groups = a.get("groups", 1)
         cin, cout = a["in_channels"], a["out_channels"]
@@ -94,14 +99,17 @@ class _Analyser(_TensorOps):
             m.outputs = self.uf.new(a["out_channels"])
         m.inputs = self._merge(m.inputs, v.elems)
         wi, wo = a["in_channels"] // groups, a["out_channels"] // groups
-        bias = f"bias of grouped conv `{path}`" if a.get("bias") else None
+        # with a bias and no norm right after, its output is a gate site (closed channels are
+        # zeroed after the bias); behind a norm, the norm is
+        users = self.users.get(node.name, [])
+        site = bool(a.get("bias")) and not (len(users) == 1 and users[0].kind == "norm")
         taint: list[str | None] = []
         for b in range(groups):
             block = m.inputs[b * wi : (b + 1) * wi] + m.outputs[b * wo : (b + 1) * wo]
             for e in block[1:]:
                 self.uf.union(block[0], e)
-            t = next((t for t in v.taint[b * wi : (b + 1) * wi] if t), None) or bias
-            taint.extend([t] * wo)
+            t = next((t for t in v.taint[b * wi : (b + 1) * wi] if t), None)
+            taint.extend([None if site else t] * wo)
         self.vals[node.name] = _Val(m.outputs, taint)
 
     def _consumer_taint(self, node: OpNode, v: _Val) -> bool:

@@ -1,7 +1,7 @@
 """Channel-analysis handlers of weightless tensor operations.
 
-Arithmetic (``add`` / ``sub`` / ``mul`` / ``div``), ``cat``, ``stack``, reshapes, reductions,
-slices, splits and ``getitem`` route channels from their inputs to their outputs, tie them
+Arithmetic (``add`` / ``sub`` / ``mul`` / ``div``), ``cat``, ``stack``, reshapes, reductions
+and ``getitem`` route channels from their inputs to their outputs, tie them
 together or, when the channel axis is touched, pin them.
 """
 
@@ -30,20 +30,24 @@ class _TensorOps(_AnalyserBase):
             if v is not None and len(v.elems) not in (1, c):
                 return self._unknown(node)
         # a tensor operand whose channels the analysis does not follow (a parameter, a buffer,
-        # a tensor built in forward): one value for every channel is fine, one per channel
-        # cannot be sliced with the channels it meets, so they are left as they are
+        # a tensor built in forward): one value for every channel is fine; one per channel
+        # must be a parameter sliced with the channels it meets, else they are left as they are
         untracked = [
             self._channel_width(i, len(shape))
             for i, v in zip(node.inputs, (a, b))
             if i is not None and v is None
         ]
-        if any(w != 1 for w in untracked):
+        if any(w != 1 for w in untracked) and not self._per_channel_operands(node, full[0]):
             return self._unknown(node)
         if len(full) == 2:
             for x, y in zip(full[0].elems, full[1].elems):
                 self.uf.union(x, y)
         self.vals[node.name] = _Val(full[0].elems, self._binary_taint(node, a, b, full, untracked))
         return None
+
+    def _per_channel_operands(self, node: OpNode, v: _Val) -> bool:
+        """Whether the per-channel untracked operands of ``node`` can follow ``v``'s channels."""
+        return False
 
     def _channel_width(self, name: str, ndim: int) -> int | None:
         """Size along the channel axis of an operand broadcast to ``ndim`` dimensions."""
@@ -160,57 +164,6 @@ class _TensorOps(_AnalyserBase):
         if 0 in dims or 1 in dims:
             return self._unknown(node)
         self.vals[node.name] = v
-        return None
-
-    def _op_slice(self, node: OpNode) -> None:
-        v = self._val(self._first(node))
-        if v is None:
-            return self._op_ignore(node)
-        a = node.attrs
-        src = self.graph_shape(self._first(node))
-        dim = _norm_dim(int(a.get("dim", 1)), len(src)) if isinstance(src, tuple) else 1
-        if dim == 0:
-            return self._unknown(node)
-        if dim != 1:
-            self.vals[node.name] = v
-            return None
-        idx = list(range(len(v.elems)))[slice(a.get("start"), a.get("stop"), a.get("step"))]
-        if idx != list(range(len(v.elems))):
-            # the bounds are constants of the model's code: once channels are removed they
-            # would select other channels, so the sliced tensor keeps all of its channels
-            return self._unknown(node)
-        self.vals[node.name] = v
-        return None
-
-    def _op_split(self, node: OpNode) -> None:
-        v = self._val(self._first(node))
-        shapes = node.shape
-        src = self.graph_shape(self._first(node))
-        if v is None or not isinstance(shapes, list) or not isinstance(src, tuple):
-            return self._unknown(node)
-        if node.attrs.get("same"):  # e.g. max_pool2d_with_indices: (values, indices)
-            self.vals[node.name] = [v] + [None] * (len(shapes) - 1)
-            return None
-        dim = _norm_dim(int(node.attrs.get("dim", 0)), len(src))
-        if dim == 0:
-            return self._unknown(node)
-        if dim != 1:
-            self.vals[node.name] = [v for _ in shapes]
-            return None
-        widths = [s[1] if s else 0 for s in shapes]
-        if not node.attrs.get("chunks") or len(set(widths)) != 1:
-            # split sizes are constants of the model's code (see _op_slice)
-            return self._unknown(node)
-        # chunk(n) splits whatever width it gets evenly: channel j of every chunk is one unit,
-        # so each chunk keeps the same positions and the pieces stay equal after collapse
-        w = widths[0]
-        for k in range(1, len(widths)):
-            for j in range(w):
-                self.uf.union(v.elems[j], v.elems[k * w + j])
-        self.vals[node.name] = [
-            _Val(v.elems[k * w : (k + 1) * w], v.taint[k * w : (k + 1) * w])
-            for k in range(len(widths))
-        ]
         return None
 
     def _op_getitem(self, node: OpNode) -> None:

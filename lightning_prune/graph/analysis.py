@@ -37,7 +37,7 @@ def analyse(graph: Graph, exclude: tuple[str, ...] = ()) -> ChannelAnalysis:
     """
     an = _Analyser(graph, exclude)
     an.run()
-    result = ChannelAnalysis(uf=an.uf, modules=an.modules)
+    result = ChannelAnalysis(uf=an.uf, modules=an.modules, calls=an.sized_calls)
     uf = an.uf
     # groups: union of units that appear together in one producer's output
     group_uf = _UnionFind()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lightning_prune.graph.channel_args import SizedCall
+
 __all__ = ["ChannelAnalysis", "ModuleChannels"]
 
 _OUTPUT = "model output"
@@ -82,6 +84,8 @@ class ChannelAnalysis:
     groups: list[list[int]] = field(default_factory=list)  # group id -> unit roots (ordered)
     group_producers: list[list[str]] = field(default_factory=list)
     ungated: dict[str, set[str]] = field(default_factory=dict)  # reason -> modules
+    #: Splits and slices whose sizes / bounds count channels (collapse rewrites them).
+    calls: list[SizedCall] = field(default_factory=list)
 
     def unit(self, elem: int) -> int:
         """The unit (union-find root) of an element."""

@@ -17,7 +17,14 @@ import torch.fx as fx
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.graph.frontend import CaptureError, is_leaf, op_node, shape_of
+from lightning_prune.graph.frontend import (
+    CaptureError,
+    constant_node,
+    is_leaf,
+    op_node,
+    own_tensors,
+    shape_of,
+)
 from lightning_prune.graph.ir import Graph, OpNode
 from lightning_prune.graph.ops import OPS, Call, Op, Rule, aten_name
 
@@ -56,6 +63,7 @@ class _Converter:
             **sig.inputs_to_lifted_tensor_constants,
         }
         self.user_inputs = set(sig.user_inputs)
+        self.tensors = own_tensors(model)
         self.nodes = list(ep.graph.nodes)
         self.shapes = {n.name: shape_of(n.meta.get("val")) for n in self.nodes}
         self.leaf_of: dict[str, _LeafCall] = {}
@@ -138,8 +146,9 @@ class _Converter:
         if node.op == "placeholder":
             if name in self.user_inputs:
                 return [OpNode(name, "input", shape=shape, where=f"input `{name}`")]
-            label = f"parameter `{self.constants.get(name, name)}`"
-            return [OpNode(name, "ignore", shape=shape, where=label)]
+            qualified = self.constants.get(name, name)
+            label = f"parameter `{qualified}`"
+            return [constant_node(name, qualified, shape, self.tensors, label)]
         if node.op == "output":
             call = self._call(node, "output", tuple(node.args), {})
             return [OpNode(name, "output", inputs=list(call.values()), where="model output")]
@@ -164,7 +173,7 @@ class _Converter:
                 return f"{type(self.model.get_submodule(op.module)).__name__} `{op.module}`"
             return f"`{display}` in `{path}`" if path else f"`{display}`"
 
-        return [op_node(name, call, rule, describe, path)]
+        return [op_node(name, call, rule, describe, path, _stack(node)[-1][0] if path else "")]
 
 
 def capture_export(

@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from lightning_prune.graph.exclude import matches
 from lightning_prune.graph.ir import OpNode, Shape
 from lightning_prune.graph.ops import OPS, Call, Op, Rule
 
-__all__ = ["CaptureError", "is_leaf", "op_node", "shape_of"]
+__all__ = ["CaptureError", "constant_node", "is_leaf", "op_node", "own_tensors", "shape_of"]
 
 
 class CaptureError(Exception):
@@ -67,20 +68,64 @@ def shape_of(meta: Any) -> Shape | list[Shape | None] | None:
     return None
 
 
+def own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model``, by qualified name."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    return {**tensors, **dict(model.named_buffers(remove_duplicate=False))}
+
+
+def constant_node(
+    name: str, qualified: str, shape: Any, tensors: dict[str, torch.Tensor], where: str
+) -> OpNode:
+    """A constant the graph reads: a parameter or buffer when ``qualified`` names one.
+
+    Its ``param`` attribute then names it, so that a per-channel operand derived from it can
+    be sliced with the channels it meets (``tensors``: see :func:`own_tensors`).
+    """
+    value = tensors.get(qualified)
+    attrs = {} if value is None else {"param": qualified, "param_shape": tuple(value.shape)}
+    return OpNode(name, "constant", attrs=attrs, shape=shape, where=where)
+
+
+#: Kinds of operations that keep the per-element order of a constant they are applied to.
+_DERIVING = ("pointwise", "reshape")
+
+
+def _derived(call: Call, rule: Rule | None) -> str | None:
+    """The operand a data-free call derives its value from element by element, if any."""
+    if rule is None or call.path is not None or isinstance(call.shape, list):
+        return None
+    operands = {call.operand(x) for x in (*call.args, *call.kwargs.values())} - {None}
+    if len(operands) != 1:
+        return None
+    return operands.pop() if rule(call).kind in _DERIVING else None
+
+
 def op_node(
-    name: str, call: Call, rule: Rule | None, where: Callable[[Op], str], scope: str
+    name: str,
+    call: Call,
+    rule: Rule | None,
+    where: Callable[[Op], str],
+    scope: str,
+    scope_call: str = "",
 ) -> OpNode:
     """Read ``call`` with its rule and build the graph node.
 
     A call with a non-tensor output, or without data operands (it computes from constants
-    only), carries no channels of the model's inputs and is ignored. A call without a rule is
-    unknown: every data operand is pinned.
+    only), carries no channels of the model's inputs and is ignored; one that reshapes or
+    maps element by element a single constant is a ``"constant"`` derived from it. A call
+    without a rule is unknown: every data operand is pinned.
     """
     if call.shape is None:
-        return OpNode(name, "ignore", where=call.op, scope=scope)
+        return OpNode(name, "ignore", where=call.op, scope=scope, scope_call=scope_call)
     values = call.values()
     if not values:
-        return OpNode(name, "ignore", shape=call.shape, where=call.op, scope=scope)
+        source = _derived(call, rule)
+        inputs: list[str | None] = [source] if source else []
+        kind = "constant" if source else "ignore"
+        return OpNode(
+            name, kind, inputs, shape=call.shape, where=call.op, scope=scope, scope_call=scope_call
+        )
     op = rule(call) if rule is not None else Op("unknown", list(values), {"op": call.op})
     return OpNode(
         name,
@@ -91,4 +136,5 @@ def op_node(
         module=op.module,
         where=where(op),
         scope=scope,
+        scope_call=scope_call,
     )

@@ -10,9 +10,25 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.graph.frontend import CaptureError, is_leaf, op_node, shape_of
+from lightning_prune.graph.channel_args import reset_all, rewrite_call
+from lightning_prune.graph.frontend import (
+    CaptureError,
+    constant_node,
+    is_leaf,
+    op_node,
+    own_tensors,
+    shape_of,
+)
 from lightning_prune.graph.ir import Graph, OpNode
 from lightning_prune.graph.ops import OPS, Call, Op
+
+
+class _OwnError(Exception):
+    """An error in the tracer's own hooks: an engine bug, never a reason to fall back."""
+
+    def __init__(self, err: Exception) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 class _Tracer(fx.Tracer):
@@ -23,7 +39,34 @@ class _Tracer(fx.Tracer):
         self.exclude = exclude
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_leaf(m, module_qualified_name, self.exclude)
+        try:
+            return is_leaf(m, module_qualified_name, self.exclude)
+        except Exception as err:
+            raise _OwnError(err) from err
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        if isinstance(root, nn.Module):
+            reset_all(root)
+        return super().trace(root, concrete_args)
+
+    def create_node(
+        self,
+        kind: str,
+        target: Any,
+        args: Any,
+        kwargs: Any,
+        name: str | None = None,
+        type_expr: Any = None,
+    ) -> fx.Node:
+        """Record a call as a collapsed model makes it (split sizes, slice bounds rewritten)."""
+        if kind in ("call_function", "call_method"):
+            path = list(self.module_stack.values())[-1][0] if self.module_stack else ""
+            name = target if isinstance(target, str) else getattr(target, "__name__", "")
+            try:
+                args, kwargs = rewrite_call(self.root.get_submodule(path), name, args, kwargs)
+            except Exception as err:
+                raise _OwnError(err) from err
+        return super().create_node(kind, target, args, kwargs, name, type_expr)
 
 
 def _module_path(node: fx.Node) -> str:
@@ -31,6 +74,11 @@ def _module_path(node: fx.Node) -> str:
     if stack:
         return list(stack.values())[-1][0]
     return ""
+
+
+def _module_call(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    return list(stack)[-1] if stack else ""
 
 
 def _op_name(target: Any) -> str:
@@ -51,6 +99,7 @@ class _Converter:
         self.model = model
         self.shapes = {n.name: shape_of(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
         self.constants = {n.name: str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+        self.tensors = own_tensors(model)
 
     def _call(self, node: fx.Node, op: str, path: str | None = None) -> Call:
         return Call(
@@ -85,20 +134,22 @@ class _Converter:
             call = self._call(node, "output")
             return OpNode(name, "output", inputs=list(call.values()), where="model output")
         if node.op == "get_attr":
-            return OpNode(name, "ignore", shape=shape, where=f"attribute `{node.target}`")
+            target = str(node.target)
+            return constant_node(name, target, shape, self.tensors, f"attribute `{target}`")
         if node.op == "call_module":
             path = str(node.target)
             module = self.model.get_submodule(path)
             call = self._call(node, type(module).__name__, path)
             rule = OPS.module_rule(module)
-            return op_node(name, call, rule, self._where(node, call.op), path)
+            return op_node(name, call, rule, self._where(node, call.op), path, _module_call(node))
         if node.op == "call_method":
             call = self._call(node, f"Tensor.{node.target}")
             rule = OPS.method_rule(str(node.target))
         else:
             call = self._call(node, _op_name(node.target))
             rule = OPS.function_rule(node.target)
-        return op_node(name, call, rule, self._where(node, call.op), _module_path(node))
+        where = self._where(node, call.op)
+        return op_node(name, call, rule, where, _module_path(node), _module_call(node))
 
 
 def capture_fx(
@@ -113,6 +164,8 @@ def capture_fx(
     try:
         graph = tracer.trace(model)
         gm = fx.GraphModule(tracer.root, graph)
+    except _OwnError as own:
+        raise own.err from None  # a bug of the engine: it propagates as it is
     except Exception as err:
         raise CaptureError("torch.fx", err) from err
     counter = FlopCounterMode(display=False)

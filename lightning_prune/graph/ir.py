@@ -17,8 +17,9 @@ class OpNode:
         kind: the channel rule of the analyser that reads it (``"conv"``, ``"linear"``,
             ``"norm"``, ``"source"``, ``"pointwise"``, ``"binary"``, ``"cat"``, ``"stack"``,
             ``"reshape"``, ``"reduce"``, ``"slice"``, ``"split"``, ``"getitem"``, ``"input"``,
-            ``"output"``, ``"ignore"`` or ``"unknown"``), as the operation table's rule for
-            the captured operation says (see :mod:`lightning_prune.graph.ops`).
+            ``"output"``, ``"constant"``, ``"channelwise"``, ``"ignore"`` or ``"unknown"``), as
+            the operation table's rule for the captured operation says (see
+            :mod:`lightning_prune.graph.ops`).
         inputs: names of the tensor-valued inputs, in the op's argument order (``None`` stands
             for a non-tensor operand of a binary op).
         attrs: kind-specific attributes (``dim``, ``chunks``, ``op``, ``zero_preserving``, ...).
@@ -36,6 +37,9 @@ class OpNode:
     where: str = ""
     #: Path of the innermost module whose forward issued this operation ("" at the root).
     scope: str = ""
+    #: Which call of that module it was issued in (the tracer's module-stack key: ``"@<n>"``
+    #: ends the key of the n-th repeated call of a module called several times).
+    scope_call: str = ""
 
 
 @dataclass

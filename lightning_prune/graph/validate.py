@@ -8,7 +8,10 @@ one the model cannot run on at all.
 from __future__ import annotations
 
 import difflib
+import os
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -110,7 +113,20 @@ def check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         raise dtype_err from err
     shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
     raise ExampleInputError(
-        f"The model cannot run on the example input of shape {shapes}: "
-        f"{type(err).__name__}: {err}. Pass a batch shaped like the model's real input "
-        "(for an image model: batch, channels, height, width)."
+        f"The model cannot run on the example input of shape {shapes}: {_describe(err)}. "
+        "Pass a batch shaped like the model's real input (for an image model: batch, "
+        "channels, height, width)."
     ) from err
+
+
+def _describe(err: BaseException) -> str:
+    """The error's type and message; where it was raised when it has no message."""
+    text = str(err).strip()
+    if text:
+        return f"{type(err).__name__}: {text}"
+    frames = traceback.extract_tb(err.__traceback__)
+    own = [f for f in frames if f"{os.sep}torch{os.sep}" not in f.filename] or frames
+    if not own:
+        return type(err).__name__
+    path = Path(own[-1].filename)
+    return f"{type(err).__name__} raised at {path.parent.name}/{path.name}:{own[-1].lineno}"

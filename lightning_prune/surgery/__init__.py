@@ -1,5 +1,7 @@
 """Surgery: augment a model with gates, collapse it, and move its structure as a plan."""
 
+from lightning_prune.surgery import cond_conv as cond_conv  # registers its slicer
+from lightning_prune.surgery import norm_act as norm_act  # registers its slicer
 from lightning_prune.surgery.augmentation import augment, get_gates, get_groups, is_augmented
 from lightning_prune.surgery.collapsing import collapse
 from lightning_prune.surgery.files import load_pruned, save_pruned

@@ -19,9 +19,11 @@ from lightning_prune.graph.ir import Graph
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
 from lightning_prune.surgery.arguments import check_augment_root, check_gate_kwargs, make_gates
 from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
+from lightning_prune.surgery.params import get_tensor
 from lightning_prune.surgery.state import (
     GATES_ATTR,
     STATE_ATTR,
+    CallSpec,
     GateGroup,
     GroupSpec,
     ModuleSpec,
@@ -59,12 +61,15 @@ def _module_flops(graph: Graph, model: nn.Module) -> dict[str, int]:
         y = node.shape
         if not isinstance(x, tuple) or not isinstance(y, tuple):
             continue
-        w = tuple(cast(torch.Tensor, model.get_submodule(node.module).weight).shape)
+        w = node.attrs.get("weight_shape") or tuple(
+            cast(torch.Tensor, model.get_submodule(node.module).weight).shape
+        )
         if node.kind == "linear":
             f = 2 * math.prod(x[:-1]) * w[0] * w[1]
         else:
             spatial = x[2:] if node.attrs.get("transposed") else y[2:]
-            f = 2 * x[0] * math.prod(w) * math.prod(spatial)
+            # a conditional conv also mixes its experts' kernels, per sample
+            f = 2 * x[0] * math.prod(w) * (math.prod(spatial) + node.attrs.get("experts", 0))
         flops[node.module] = flops.get(node.module, 0) + f
     return flops
 
@@ -104,15 +109,17 @@ def _spec(
     model: nn.Module,
     flops: int,
 ) -> ModuleSpec:
-    module = model.get_submodule(m.path)
-    wn, bn = _params(module)
-
     def refs(elems: list[int] | None) -> list[UnitRef]:
         return [pos.get(analysis.unit(e)) for e in elems or []]
 
-    if m.role == "norm":
+    if m.role == "param":  # a per-channel tensor: values scaled by its width
+        numel = get_tensor(model, m.path).numel()
+        return ModuleSpec(m.path, "param", "Parameter", None, refs(m.inputs), 0.0, 0, numel)
+    module = model.get_submodule(m.path)
+    wn, bn = _params(module)
+    if m.role in ("norm", "channels"):
         return ModuleSpec(
-            m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
+            m.path, m.role, type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
         )
     if m.role == "source":  # a constant layer: its values are its only parameters
         values = sum(p.numel() for p in module.parameters(recurse=False))
@@ -149,12 +156,21 @@ def _build_state(
         if not touched:
             continue
         gated_out = any(r is not None for r in spec.out_units)
+        biased = spec.role == "grouped" and _params(model.get_submodule(m.path))[1] > 0
         spec.site = gated_out and (
-            spec.role == "norm" or (spec.role in ("conv", "source") and not m.feeds_norm_only)
+            spec.role == "norm"
+            or (spec.role in ("conv", "source") and not m.feeds_norm_only)
+            or (biased and not m.feeds_norm_only)  # a biased depthwise conv without a norm
         )
         specs[m.path] = spec
         for gi in touched:
             groups[gi].modules.append(m.path)
+    calls: dict[str, list[CallSpec]] = {}
+    for call in analysis.calls:
+        units = None if call.elems is None else [pos.get(analysis.unit(e)) for e in call.elems]
+        if units is not None and all(u is None for u in units):
+            units = None  # none of its channels is ever removed
+        calls.setdefault(call.scope, []).append(CallSpec(call.key, units, list(call.spans)))
     return PruneState(
         gate_type=gate_type,
         groups=groups,
@@ -163,6 +179,26 @@ def _build_state(
         dense_flops=float(total),
         dense_params=float(count_params(model)),
         backend=graph.backend,
+        calls=calls,
+    )
+
+
+def _nothing_to_prune(model: nn.Module, analysis: ChannelAnalysis) -> str:
+    """Why no group can be gated: the operations that stopped them, else the general rule."""
+    name = type(model).__name__
+    reasons = sorted(analysis.ungated, key=lambda r: (-len(analysis.ungated[r]), r))
+    if not reasons:
+        return (
+            f"{name} has no prunable channel group: lightning_prune prunes the output channels "
+            "of Conv/Linear layers that do not feed the model's output directly. Check "
+            "`exclude=` and that the model has such layers."
+        )
+    more = f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else ""
+    return (
+        f"{name} has no prunable channel group: every group reaches an operation the engine "
+        f"cannot prune through, such as {' and '.join(reasons[:2])}{more}. If such an "
+        "operation acts on each channel separately, register a channel rule for it "
+        "(lightning_prune.graph.ops.register_op)."
     )
 
 
@@ -224,11 +260,7 @@ def augment(
     traced = trace_channels(model, inputs, exclude)
     analysis = traced.analysis
     if not analysis.groups:
-        raise NothingToPruneError(
-            f"{type(model).__name__} has no prunable channel group: lightning_prune prunes the "
-            "output channels of Conv/Linear layers that do not feed the model's output "
-            "directly. Check `exclude=` and that the model has such layers."
-        )
+        raise NothingToPruneError(_nothing_to_prune(model, analysis))
     state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
     gates = make_gates(gate_cls, [g.num_units for g in state.groups], gate_kwargs)
     for g, spec in zip(gates, state.groups):

@@ -10,6 +10,12 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import CollapseError
+from lightning_prune.surgery.call_args import (
+    apply_calls,
+    compact_calls,
+    installed_calls,
+    plan_calls,
+)
 from lightning_prune.surgery.constant import replace_module
 from lightning_prune.surgery.gating import detach_sites, restore_root
 from lightning_prune.surgery.masks import (
@@ -19,7 +25,15 @@ from lightning_prune.surgery.masks import (
     spec_indices,
     to_constant,
 )
-from lightning_prune.surgery.plan import PLAN_ATTR, PLAN_FORMAT, PLAN_VERSION, layer_signature
+from lightning_prune.surgery.params import get_tensor, slice_tensor
+from lightning_prune.surgery.plan import (
+    PLAN_ATTR,
+    PLAN_BASE_VERSION,
+    PLAN_FORMAT,
+    PLAN_VERSION,
+    layer_signature,
+)
+from lightning_prune.surgery.reparam import freeze, is_reparameterised
 from lightning_prune.surgery.resize import get_slicer, zero_channels
 from lightning_prune.surgery.state import (
     GATES_ATTR,
@@ -70,6 +84,10 @@ def _reads_dead(in_flat: torch.Tensor | None, kept: torch.Tensor, dead: torch.Te
     return bool(dead[in_flat][kept[in_flat]].all())
 
 
+def _shrinks(idx: torch.Tensor | None, flat: torch.Tensor | None) -> bool:
+    return idx is not None and flat is not None and len(idx) < len(flat)
+
+
 def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> dict[str, Any]:
     layers: dict[str, Any] = {}
     kept, dead, _ = masks.flat()
@@ -81,12 +99,20 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
         )
         if unchanged and not len(out_dead) and not _reads_dead(in_flat, kept, dead):
             continue  # a dead channel (a closed unit kept for width) changes the layer too
+        role = state.modules[path].role
+        if role == "param":  # a closed channel's value is kept: it met zeros there before too
+            layers[path] = slice_tensor(model, path, out_idx)
+            continue
         module = model.get_submodule(path)
-        entry = get_slicer(module)(module, in_idx, out_idx)
-        if len(out_dead):
+        layers[path] = {"type": type(module).__name__}
+        if _shrinks(in_idx, in_flat) and role == "conv" and is_reparameterised(module):
+            module = freeze(module)  # its weights depend on every input: freeze what it computes
+            replace_module(model, path, module)
+            layers[path]["frozen"] = True
+        layers[path].update(get_slicer(module)(module, in_idx, out_idx))
+        if len(out_dead) and role != "channels":
             zero_channels(module, out_dead)
-        layers[path] = {"type": type(module).__name__, **entry}
-        if constant_role(state.modules[path].role, in_idx, out_idx, kept, dead, in_flat, out_flat):
+        if constant_role(role, in_idx, out_idx, kept, dead, in_flat, out_flat):
             layers[path]["constant"] = True
             replace_module(model, path, to_constant(module))
     return layers
@@ -171,6 +197,8 @@ def collapse(
     _strip(work)
     original = layer_signature(work)
     layers = _slice_all(work, state, masks)
+    apply_calls(work, compact_calls(state, masks.flat()[0]))
+    calls = installed_calls(work)
     if verify:
         err = max(
             _compare(ref, _run_compact(work, inputs, type(model).__name__), rtol)
@@ -186,16 +214,23 @@ def collapse(
             )
     work.__dict__[PLAN_ATTR] = {
         "format": PLAN_FORMAT,
-        "version": PLAN_VERSION,
+        "version": PLAN_BASE_VERSION,
         "model": type(model).__name__,
         "layers": layers,
         "original": original,
     }
+    if calls:
+        work.__dict__[PLAN_ATTR].update(version=PLAN_VERSION, calls=plan_calls(calls))
     work.train(was_training)
     if not inplace:
         return work
     _strip(model)
-    for path in layers:
-        replace_module(model, path, work.get_submodule(path))
+    for path, entry in layers.items():
+        if entry["type"] == "Parameter":
+            owner, _, name = path.rpartition(".")
+            setattr(model.get_submodule(owner), name, get_tensor(work, path))
+        else:
+            replace_module(model, path, work.get_submodule(path))
+    apply_calls(model, calls, after=False)
     model.__dict__[PLAN_ATTR] = work.__dict__[PLAN_ATTR]
     return model

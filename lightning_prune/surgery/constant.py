@@ -8,7 +8,7 @@ arithmetic, so a fully closed residual branch really costs nothing.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class ConstantLayer(nn.Module):
         """A constant layer with ``module``'s output geometry."""
         if isinstance(module, nn.Linear):
             return cls(value, "linear", {})
-        conv: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
+        conv: Any = module  # a conv, or a layer with a conv's geometry (CondConv2d)
         n = len(conv.kernel_size)
         padding = conv.padding if isinstance(conv.padding, str) else list(_pair(conv.padding, n))
         geometry = {
@@ -57,9 +57,10 @@ class ConstantLayer(nn.Module):
             "stride": list(_pair(conv.stride, n)),
             "padding": padding,
             "dilation": list(_pair(conv.dilation, n)),
-            "output_padding": list(_pair(conv.output_padding, n)),
+            "output_padding": list(_pair(getattr(conv, "output_padding", 0), n)),
         }
-        return cls(value, "conv_transpose" if conv.transposed else "conv", geometry)
+        transposed = getattr(conv, "transposed", False)
+        return cls(value, "conv_transpose" if transposed else "conv", geometry)
 
     def _spatial(self, sizes: tuple[int, ...]) -> list[int]:
         g = self.geometry
@@ -76,7 +77,12 @@ class ConstantLayer(nn.Module):
                 out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *rest: Any) -> torch.Tensor:
+        """The constant, shaped like the replaced layer's output for input ``x``.
+
+        Further operands of the replaced layer (a conditional conv's routing weights) are
+        accepted and unused.
+        """
         if self.kind == "linear":
             shape = [*x.shape[:-1], self.value.numel()]
             return self.value.to(x.dtype).expand(shape).clone(memory_format=torch.contiguous_format)

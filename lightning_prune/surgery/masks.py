@@ -52,6 +52,24 @@ def _spec_indices(state: PruneState) -> dict[str, tuple[torch.Tensor | None, tor
     return out
 
 
+def call_spans(state: PruneState) -> list[torch.Tensor]:
+    """Flat unit indices of every piece a split or slice keeps (each needs a channel)."""
+    return state.cached("call spans", lambda: _call_spans(state), list)
+
+
+def _call_spans(state: PruneState) -> list[torch.Tensor]:
+    offsets = [0]
+    for g in state.groups:
+        offsets.append(offsets[-1] + g.num_units)
+    return [
+        flat_index(call.units[lo:hi], offsets)
+        for calls in state.calls.values()
+        for call in calls
+        if call.units is not None
+        for lo, hi in call.spans
+    ]
+
+
 def round_mask(mask: torch.Tensor, probs: torch.Tensor, multiple: int) -> torch.Tensor:
     """Open the most probable closed units until the kept count is a multiple of ``multiple``."""
     if multiple <= 1:
@@ -72,8 +90,9 @@ def effective_masks(
 ) -> EffectiveMasks:
     """Hard masks of ``gates`` as the collapsed model realises them.
 
-    A layer may not lose all its input or output channels (a zero-width tensor breaks most
-    kernels), so when every channel of a layer's side is closed, its most probable unit is
+    A layer may not lose all its input or output channels, nor a split or slice all the
+    channels of a piece (a zero-width tensor breaks most kernels), so when every channel of a
+    layer's side or a piece is closed, its most probable unit is
     kept with zeroed weights: a *dead* channel, exactly zero wherever the gate had closed it.
     """
     with torch.no_grad():
@@ -82,13 +101,13 @@ def effective_masks(
     masks = EffectiveMasks(kept, [torch.zeros_like(k) for k in kept])
     flat_kept, flat_dead, _ = masks.flat()
     flat_probs = torch.cat([*probs, torch.ones(1)])
-    for ins, outs in spec_indices(state).values():
-        for idx in (ins, outs):
-            if idx is None or len(idx) == 0 or bool(flat_kept[idx].any()):
-                continue
-            best = int(idx[torch.argmax(flat_probs[idx])])
-            flat_kept[best] = True
-            flat_dead[best] = True
+    sides = [idx for pair in spec_indices(state).values() for idx in pair]
+    for idx in [*sides, *call_spans(state)]:
+        if idx is None or len(idx) == 0 or bool(flat_kept[idx].any()):
+            continue
+        best = int(idx[torch.argmax(flat_probs[idx])])
+        flat_kept[best] = True
+        flat_dead[best] = True
     sizes = [len(k) for k in kept]
     return EffectiveMasks(
         list(torch.split(flat_kept[:-1], sizes)), list(torch.split(flat_dead[:-1], sizes))
@@ -121,5 +140,8 @@ def to_constant(module: torch.nn.Module) -> torch.nn.Module:
 
     bias = getattr(module, "bias", None)
     n = cast(int, module.out_channels if hasattr(module, "out_channels") else module.out_features)
-    value = bias.detach() if bias is not None else torch.zeros(int(n))
+    if isinstance(bias, torch.Tensor) and bias.ndim == 1:  # (not a mix of experts' biases)
+        value = bias.detach()
+    else:
+        value = torch.zeros(int(n))
     return ConstantLayer.like(module, value)

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_prune.errors import PlanMismatchError
+from lightning_prune.surgery.call_args import apply_calls
 from lightning_prune.surgery.constant import replace_module
 from lightning_prune.surgery.masks import to_constant
+from lightning_prune.surgery.params import channel_axis, get_tensor, slice_tensor
+from lightning_prune.surgery.reparam import freeze
 from lightning_prune.surgery.resize import get_slicer
 
 PLAN_FORMAT = "lightning_prune.channel_plan"
-PLAN_VERSION = 1
+#: Version 2 adds ``"calls"``: the split sizes / slice bounds a compact model rewrites.
+PLAN_VERSION = 2
+#: Version written for a plan without ``"calls"`` (readable by every release).
+PLAN_BASE_VERSION = 1
 PLAN_ATTR = "_lp_plan"
 
 
 def channel_plan(model: nn.Module) -> dict[str, Any]:
     """The JSON-serialisable channel plan of a collapsed model.
 
-    The plan lists, for every resized layer, its type and original and new widths; it holds
-    no weights and no code. Save it next to the compact ``state_dict``; rebuild with
-    :func:`apply_channel_plan`.
+    The plan lists, for every resized layer, its type and original and new widths, and for
+    every module whose code splits or slices channels by constants, the arguments its calls
+    take in the compact model (``"calls"``); it holds no weights and no code. Save it next to
+    the compact ``state_dict``; rebuild with :func:`apply_channel_plan`.
 
     Raises:
         ValueError: for a model that was not produced by :func:`~lightning_prune.collapse`.
@@ -33,7 +41,7 @@ def channel_plan(model: nn.Module) -> dict[str, Any]:
             f"{type(model).__name__} carries no channel plan: only models returned by "
             "lightning_prune.collapse (or rebuilt with apply_channel_plan) have one."
         )
-    return {**plan, "layers": {k: dict(v) for k, v in plan["layers"].items()}}
+    return channel_plan_copy(plan)
 
 
 def _layer_widths(module: nn.Module) -> list[int | None]:
@@ -89,7 +97,19 @@ def _mismatches(model: nn.Module, plan: dict[str, Any]) -> list[str]:
                 problems.append(f"`{path}`: plan expects {key} width {want}, model has {got}")
     if "original" in plan:
         problems += [f"`{p}`: layer not in the plan" for p in actual if p not in expected]
+    for path, entry in plan["layers"].items():
+        if entry.get("type") == "Parameter":
+            problems += _tensor_mismatch(model, path, int(entry["out"][0]))
     return problems
+
+
+def _tensor_mismatch(model: nn.Module, path: str, width: int) -> list[str]:
+    try:
+        value = get_tensor(model, path)
+    except AttributeError:
+        return [f"`{path}`: no such parameter in the model"]
+    got = int(value.shape[channel_axis(value)])
+    return [] if got == width else [f"`{path}`: plan expects {width} channels, model has {got}"]
 
 
 def apply_channel_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
@@ -129,15 +149,24 @@ def apply_channel_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
             + ("\n  ..." if len(problems) > 20 else "")
         )
     for path, entry in plan["layers"].items():
+        if entry.get("type") == "Parameter":
+            slice_tensor(model, path, torch.arange(int(entry["out"][1])))
+            continue
         module = model.get_submodule(path)
+        if entry.get("frozen"):
+            module = freeze(module)
+            replace_module(model, path, module)
         in_idx, out_idx = _widths(entry)
         get_slicer(module)(module, in_idx, out_idx)
         if entry.get("constant"):
             replace_module(model, path, to_constant(module))
+    calls = plan.get("calls") or {}  # from the code's arguments: they replace earlier ones
+    entries = {scope: [(k, n) for k, n in found] for scope, found in calls.items()}
+    apply_calls(model, entries, after=False)
     model.__dict__[PLAN_ATTR] = channel_plan_copy(plan)
     return model
 
 
 def channel_plan_copy(plan: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a plan's JSON content."""
-    return {**plan, "layers": {k: dict(v) for k, v in plan["layers"].items()}}
+    return copy.deepcopy(plan)

@@ -11,11 +11,14 @@ from torch import nn
 Index = torch.Tensor | None  # kept channel indices (None: unchanged)
 Slicer = Callable[[nn.Module, Index, Index], dict]
 
-_SLICERS: dict[type[nn.Module], Slicer] = {}
+_SLICERS: dict[type[nn.Module] | str, Slicer] = {}
 
 
-def register_slicer(*classes: type[nn.Module]) -> Callable[[Slicer], Slicer]:
-    """Register a function slicing modules of ``classes`` (and their subclasses)."""
+def register_slicer(*classes: type[nn.Module] | str) -> Callable[[Slicer], Slicer]:
+    """Register a function slicing modules of ``classes`` (and their subclasses).
+
+    A class may be given by its dotted qualified name (classes of optional libraries).
+    """
 
     def deco(fn: Slicer) -> Slicer:
         for cls in classes:
@@ -28,8 +31,9 @@ def register_slicer(*classes: type[nn.Module]) -> Callable[[Slicer], Slicer]:
 def get_slicer(module: nn.Module) -> Slicer:
     """The slicer for ``module``'s class (looked up along its MRO)."""
     for cls in type(module).__mro__:
-        if cls in _SLICERS:
-            return _SLICERS[cls]
+        found = _SLICERS.get(cls) or _SLICERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found
     raise TypeError(f"lightning_prune cannot resize {type(module).__name__} layers.")
 
 
@@ -50,7 +54,8 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None
 
 
 @register_slicer(nn.modules.conv._ConvNd)
-def _slice_conv(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
+def slice_conv(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
+    """Slice a conv (transposed and grouped too) to its kept input and output channels."""
     conv: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
     g = conv.groups
     cin, cout = conv.in_channels, conv.out_channels
@@ -102,6 +107,15 @@ def _slice_groupnorm(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
     gn.num_channels = c if out_idx is None else len(out_idx)
     gn.num_groups = gn.num_channels // (c // g)
     return {"out": [c, gn.num_channels], "num_groups": [g, gn.num_groups]}
+
+
+@register_slicer(nn.PReLU)
+def _slice_prelu(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
+    prelu: nn.PReLU = module  # type: ignore[assignment]
+    c = prelu.num_parameters
+    _set_param(prelu, "weight", _take(prelu.weight, 0, out_idx))
+    prelu.num_parameters = c if out_idx is None else len(out_idx)
+    return {"out": [c, prelu.num_parameters]}
 
 
 def zero_channels(module: nn.Module, out_idx: torch.Tensor) -> None:

@@ -13,7 +13,15 @@ from lightning_prune.counting import GATES_ATTR
 from lightning_prune.errors import NotAugmentedError
 from lightning_prune.gates.base import ChannelGate
 
-__all__ = ["GATES_ATTR", "GateGroup", "GroupSpec", "ModuleSpec", "PruneState", "UnitRef"]
+__all__ = [
+    "GATES_ATTR",
+    "CallSpec",
+    "GateGroup",
+    "GroupSpec",
+    "ModuleSpec",
+    "PruneState",
+    "UnitRef",
+]
 #: Key in the model's ``__dict__`` holding its :class:`PruneState`.
 STATE_ATTR = "_lp_state"
 
@@ -52,6 +60,21 @@ class ModuleSpec:
 
 
 @dataclass
+class CallSpec:
+    """A split or slice whose sizes / bounds count channels (see ``graph.channel_args``).
+
+    Attributes:
+        key: the call as the model's code makes it.
+        units: unit of each of its input channels; ``None`` when the call is left as it is.
+        spans: ``(start, stop)`` input positions of each piece (split) or of the selection.
+    """
+
+    key: tuple
+    units: list[UnitRef] | None
+    spans: list[tuple[int, int]]
+
+
+@dataclass
 class GroupSpec:
     """One gated channel group."""
 
@@ -74,6 +97,8 @@ class PruneState:
     dense_flops: float
     dense_params: float
     backend: str
+    #: Per module path: its calls with channel-counting arguments, in the order it makes them.
+    calls: dict[str, list[CallSpec]] = field(default_factory=dict)
     _index_cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, build: Callable[[], _T], kind: type[_T]) -> _T:

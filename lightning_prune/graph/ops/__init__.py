@@ -1,10 +1,11 @@
 """The operation table: channel rules by module class, callable, Tensor method and ATen op.
 
 Importing this package registers the built-in rules (:mod:`.pointwise`, :mod:`.tensor`,
-:mod:`.layers`). Other packages add their own with :func:`register_op`.
+:mod:`.layers`, :mod:`.reparam`, :mod:`.cond_conv`, :mod:`.norm_act`). Other packages add
+their own with :func:`register_op`.
 """
 
-from lightning_prune.graph.ops import layers, pointwise, tensor
+from lightning_prune.graph.ops import cond_conv, layers, norm_act, pointwise, reparam, tensor
 from lightning_prune.graph.ops.table import OPS, Call, Op, OpTable, Rule, aten_name, register_op
 
 __all__ = [
@@ -14,8 +15,11 @@ __all__ = [
     "OpTable",
     "Rule",
     "aten_name",
+    "cond_conv",
     "layers",
+    "norm_act",
     "pointwise",
     "register_op",
+    "reparam",
     "tensor",
 ]

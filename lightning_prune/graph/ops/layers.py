@@ -25,6 +25,8 @@ from torch import nn
 from lightning_prune.gates.base import ChannelGate
 from lightning_prune.graph.ops.table import OPS, Call, Op, Rule, register_op
 
+__all__ = ["conv_rule"]
+
 _ConvNd = nn.modules.conv._ConvNd
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 _InstanceNorm = nn.modules.instancenorm._InstanceNorm
@@ -39,7 +41,8 @@ def _data(call: Call) -> list[str | None]:
 
 
 @register_op(_ConvNd)
-def _conv(call: Call) -> Op:
+def conv_rule(call: Call) -> Op:
+    """A conv module's call: its input, widths and groups."""
     conv = call.module
     assert isinstance(conv, _ConvNd)
     attrs = {
@@ -78,11 +81,12 @@ def _flatten(call: Call) -> Op:
 
 @register_op(nn.PReLU)
 def _prelu_module(call: Call) -> Op:
-    """``PReLU()`` is channel-wise; ``PReLU(C)`` has a weight per channel, left unpruned."""
+    """``PReLU()`` is channel-wise; ``PReLU(C)`` too, its weight sliced with the channels."""
     prelu = call.module
     assert isinstance(prelu, nn.PReLU)
     if prelu.num_parameters != 1:
-        return _unknown(call)
+        attrs = {"channels": prelu.num_parameters, "zero_preserving": True}
+        return Op("channelwise", _data(call), attrs, module=call.path)
     return Op("pointwise", _data(call), {"zero_preserving": True})
 
 

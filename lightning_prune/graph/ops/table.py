@@ -6,7 +6,8 @@ it does to channels: an :class:`Op` whose ``kind`` names the analyser's channel 
 plus the operands and attributes that rule needs. Rules are registered under keys of four
 kinds, and both front-ends look them up in the same table:
 
-* an ``nn.Module`` class (looked up along the module's MRO): a call of a leaf module;
+* an ``nn.Module`` class, or its dotted qualified name for classes of optional libraries
+  (``"timm.layers.std_conv.StdConv2d"``), looked up along the module's MRO: a module call;
 * a Python callable (``F.interpolate``, ``operator.getitem``) or its dotted qualified name
   (``"timm.layers.drop.drop_path"``, for functions of optional libraries);
 * ``"Tensor.<method>"``: a Tensor method that has no ATen op of the same name and layout;
@@ -227,6 +228,7 @@ class OpTable:
     def __init__(self) -> None:
         self._by_module: dict[type, Rule] = {}
         self._leaf_classes: set[type] = set()
+        self._leaf_names: set[str] = set()
         self._by_function: dict[Any, Rule] = {}
         self._by_name: dict[str, Rule] = {}
         self._pointwise_tag: dict[str, bool] = {}
@@ -237,8 +239,9 @@ class OpTable:
 
         Args:
             keys: module classes, callables, ``"Tensor.<method>"``, ``"aten.<op>"`` or
-                dotted qualified names of functions.
-            leaf: keep the registered module classes as single operations when tracing
+                dotted qualified names of functions and module classes.
+            leaf: keep the registered module classes (or classes named by ``keys``) as single
+                operations when tracing
                 (torch.fx leaves; their torch.export ops are merged back into one call).
         """
 
@@ -250,6 +253,8 @@ class OpTable:
                         self._leaf_classes.add(key)
                 elif isinstance(key, str):
                     self._by_name[_normal_key(key)] = rule
+                    if leaf:  # a module class by qualified name
+                        self._leaf_names.add(key)
                 else:
                     self._by_function[key] = rule
             return rule
@@ -259,12 +264,12 @@ class OpTable:
     # ------------------------------------------------------------------------- lookup
     def is_leaf_class(self, cls: type) -> bool:
         """Whether ``cls`` (or a class it derives from) was registered as a leaf."""
-        return any(c in self._leaf_classes for c in cls.__mro__)
+        return any(c in self._leaf_classes or _qualname(c) in self._leaf_names for c in cls.__mro__)
 
     def module_rule(self, module: nn.Module) -> Rule | None:
         """The rule for a call of ``module`` (looked up along its class's MRO)."""
         for cls in type(module).__mro__:
-            rule = self._by_module.get(cls)
+            rule = self._by_module.get(cls) or self._by_name.get(_qualname(cls))
             if rule is not None:
                 return rule
         return None

@@ -62,7 +62,9 @@ def _reduce(call: Call) -> Op:
 
 @register_op("aten.split", "aten.split_with_sizes", "aten.unsafe_split")
 def _split(call: Call) -> Op:
-    return Op("split", list(call.values()[:1]), {"dim": call.arg(2, "dim", 0)})
+    names = ("split_size_or_sections", "split_size", "split_sizes")
+    sizes = next((v for v in (call.arg(1, n) for n in names) if v is not None), None)
+    return Op("split", list(call.values()[:1]), {"dim": call.arg(2, "dim", 0), "sizes": sizes})
 
 
 @register_op("aten.chunk")

@@ -1,0 +1,38 @@
+"""Every timm CNN that runs at 64-224 px: augment, half masks, collapse, fresh-input check.
+
+The models of timm's convolutional families (:data:`tests.timm_zoo.CNN_MODULES`) up to
+60 M parameters, randomly initialised: each must collapse exactly (equal to the gated model
+on an input collapse has not seen, FLOPs as ``hard_cost`` predicted) or be refused with the
+reason the README's support table gives. Nothing else may be raised. Marked slow (about an
+hour on 2 cores): ``pytest -m slow tests/test_timm_all.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.timm_zoo import CNN_MODULES, MAX_PARAMS, check, num_params
+
+timm = pytest.importorskip("timm")
+
+NAMES = [name for module in CNN_MODULES for name in timm.list_models(module=module)]
+#: Models refused on purpose (name prefix -> what the refusal says); see the README.
+REFUSED = {
+    "convnext": "`Tensor.permute` in",  # LayerNorm over channels, channels-last MLPs
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_every_timm_cnn(name: str) -> None:
+    if num_params(name) > MAX_PARAMS:
+        pytest.skip(f"more than {MAX_PARAMS // 1_000_000} M parameters")
+    out = check(name)
+    if out.status == "skipped":
+        pytest.skip(out.message)
+    if out.status == "refused":
+        reason = next((r for prefix, r in REFUSED.items() if name.startswith(prefix)), None)
+        assert reason is not None and reason in out.message, out.message
+        return
+    assert out.fresh_error <= 1e-4
+    assert out.compact_flops == pytest.approx(out.hard_flops, rel=1e-6)
