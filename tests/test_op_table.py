@@ -88,7 +88,7 @@ class Constants(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a = cbr(3, 8)
-        self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)  # per channel: pins
+        self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)  # per channel: sliced with them
         self.b = cbr(8, 8)
         self.shift = nn.Parameter(torch.tensor(0.1))  # one value: taints
         self.c = cbr(8, 8)
@@ -199,12 +199,12 @@ def test_constant_operands_slices_and_chunks() -> None:
         warnings.simplefilter("always")
         lp.augment(model, x)
     messages = " ".join(str(w.message) for w in caught)
-    assert "`a.0` reach `operator.mul`, which" in messages  # x * gamma: a value per channel
+    assert "`a.0`" not in messages  # x * gamma: a parameter with a value per channel, sliced
     assert "`f.0` reach `operator.getitem`, which" in messages  # [:, :6]: a channel slice
     # b + shift (one value for all channels) turns closed channels non-zero: c keeps them
     assert "`b.0` reach `operator.add` (not zero-preserving, consumed by `c.0`)" in messages
     groups = {g.name: g for g in lp.get_groups(model)}
-    assert set(groups) == {"c_0", "d_0", "e_0"}
+    assert set(groups) == {"a_0", "c_0", "d_0", "e_0"}
     assert groups["d_0"].num_channels == 4  # chunk(2): channel j of both halves is one unit
     random_masks(lp.get_gates(model), seed=1, closed_every=0)
     fresh = torch.randn(3, 3, 12, 12)
@@ -213,6 +213,8 @@ def test_constant_operands_slices_and_chunks() -> None:
         compact = lp.collapse(model)
         assert max_rel_err(gated, compact(fresh)) <= 1e-5
     assert compact.d[0].out_channels == 2 * int(groups["d_0"].gate.hard_mask().sum())
+    assert compact.gamma.shape == (compact.a[0].out_channels, 1, 1)
+    assert lp.channel_plan(compact)["layers"][""]["params"]["gamma"][0] == 0  # sliced along dim 0
 
 
 def test_rules_agree_across_key_spaces() -> None:

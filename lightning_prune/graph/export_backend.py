@@ -17,7 +17,13 @@ import torch.fx as fx
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.graph.frontend import CaptureError, is_leaf, op_node, shape_of
+from lightning_prune.graph.frontend import (
+    CaptureError,
+    annotate_constants,
+    is_leaf,
+    op_node,
+    shape_of,
+)
 from lightning_prune.graph.ir import Graph, OpNode
 from lightning_prune.graph.ops import OPS, Call, Op, Rule, aten_name
 
@@ -192,6 +198,7 @@ def trace_export(
     ep = capture_export(model, example_inputs)
     converter = _Converter(ep, model, exclude)
     nodes = [op for n in converter.nodes for op in converter.convert(n)]
+    annotate_constants(nodes, converter.nodes, converter.constants, converter.shapes)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(*example_inputs)

@@ -10,7 +10,13 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.graph.frontend import CaptureError, is_leaf, op_node, shape_of
+from lightning_prune.graph.frontend import (
+    CaptureError,
+    annotate_constants,
+    is_leaf,
+    op_node,
+    shape_of,
+)
 from lightning_prune.graph.ir import Graph, OpNode
 from lightning_prune.graph.ops import OPS, Call, Op
 
@@ -138,4 +144,5 @@ def trace_fx(
     gm, flops = capture_fx(model, example_inputs, exclude)
     converter = _Converter(gm, model)
     nodes = [converter.convert(n) for n in gm.graph.nodes]
+    annotate_constants(nodes, gm.graph.nodes, converter.constants, converter.shapes)
     return Graph(nodes=nodes, backend="fx", total_flops=flops)

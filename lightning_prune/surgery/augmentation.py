@@ -9,7 +9,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from lightning_prune.counting import count_flops, count_params
+from lightning_prune.counting import count_flops, count_params, module_flops
 from lightning_prune.errors import NothingToPruneError, PruningError
 from lightning_prune.gates.base import ChannelGate
 from lightning_prune.gates.registry import get_gate_class
@@ -18,7 +18,15 @@ from lightning_prune.graph.connectivity import critical_groups
 from lightning_prune.graph.ir import Graph
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
 from lightning_prune.surgery.arguments import check_augment_root, check_gate_kwargs, make_gates
-from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
+from lightning_prune.surgery.gating import (
+    ResetSamples,
+    Segment,
+    attach_site,
+    prepare_root,
+    switched_classes,
+)
+from lightning_prune.surgery.attention import refresh_op_flops
+from lightning_prune.surgery.roles import SPEC_BUILDERS
 from lightning_prune.surgery.state import (
     GATES_ATTR,
     STATE_ATTR,
@@ -90,8 +98,9 @@ def _segments(
 
 
 def _params(module: nn.Module) -> tuple[int, int]:
-    w = getattr(module, "weight", None)
-    b = getattr(module, "bias", None)
+    packed = isinstance(module, nn.MultiheadAttention)  # its input projection
+    w = getattr(module, "in_proj_weight" if packed else "weight", None)
+    b = getattr(module, "in_proj_bias" if packed else "bias", None)
     wn = w.numel() if isinstance(w, torch.Tensor) else 0
     bn = b.numel() if isinstance(b, torch.Tensor) else 0
     return wn, bn
@@ -103,16 +112,21 @@ def _spec(
     pos: dict[int, tuple[int, int]],
     model: nn.Module,
     flops: int,
+    graph: Graph,
 ) -> ModuleSpec:
-    module = model.get_submodule(m.path)
-    wn, bn = _params(module)
-
     def refs(elems: list[int] | None) -> list[UnitRef]:
         return [pos.get(analysis.unit(e)) for e in elems or []]
 
+    builder = SPEC_BUILDERS.get(m.role)
+    if builder is not None:  # not a layer: a parameter, an operation, a head split
+        return builder(m, refs(m.outputs), model, graph)
+    module = model.get_submodule(m.path)
+    wn, bn = _params(module)
+
     if m.role == "norm":
         return ModuleSpec(
-            m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
+            m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn,
+            attrs=dict(m.attrs),
         )
     if m.role == "source":  # a constant layer: its values are its only parameters
         values = sum(p.numel() for p in module.parameters(recurse=False))
@@ -144,7 +158,8 @@ def _build_state(
     ]
     specs: dict[str, ModuleSpec] = {}
     for m in analysis.modules.values():
-        spec = _spec(m, analysis, pos, model, per_module.get(m.path, 0))
+        flops = per_module.get(m.path, int(m.attrs.get("flops", 0)))  # type: ignore[call-overload]
+        spec = _spec(m, analysis, pos, model, flops, graph)
         touched = {r[0] for r in (spec.in_units or []) + spec.out_units if r is not None}
         if not touched:
             continue
@@ -244,6 +259,10 @@ def augment(
             )
     if gate_cls.stochastic:
         model.register_forward_pre_hook(ResetSamples(gates))
+    if switched_classes(model):  # a layer's forward changed (e.g. attention): count it again
+        total, per_module = module_flops(model, inputs)
+        state.dense_flops = float(total)
+        refresh_op_flops(state, per_module)
     model.__dict__[STATE_ATTR] = state
     return gates
 

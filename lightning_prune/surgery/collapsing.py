@@ -21,6 +21,7 @@ from lightning_prune.surgery.masks import (
 )
 from lightning_prune.surgery.plan import PLAN_ATTR, PLAN_FORMAT, PLAN_VERSION, layer_signature
 from lightning_prune.surgery.resize import get_slicer, zero_channels
+from lightning_prune.surgery.roles import COLLAPSERS, FINISHERS, merge_entry
 from lightning_prune.surgery.state import (
     GATES_ATTR,
     STATE_ATTR,
@@ -76,6 +77,14 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
     for path, (in_flat, out_flat) in spec_indices(state).items():
         out_idx, out_dead = _kept(out_flat, kept, dead)
         in_idx = None if in_flat is None else _kept(in_flat, kept, dead)[0]
+        collapser = COLLAPSERS.get(state.modules[path].role)
+        if collapser is not None:  # not a layer (see surgery.roles)
+            done = collapser(model, state.modules[path], out_idx)
+            if done is not None and len(out_idx) < len(out_flat):
+                owner, fragment = done
+                kind = type(model.get_submodule(owner)).__name__
+                merge_entry(layers.setdefault(owner, {"type": kind}), fragment)
+            continue
         unchanged = len(out_idx) == len(out_flat) and (
             in_idx is None or in_flat is None or len(in_idx) == len(in_flat)
         )
@@ -85,10 +94,13 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
         entry = get_slicer(module)(module, in_idx, out_idx)
         if len(out_dead):
             zero_channels(module, out_dead)
-        layers[path] = {"type": type(module).__name__, **entry}
+        merge_entry(layers.setdefault(path, {"type": type(module).__name__}), entry)
         if constant_role(state.modules[path].role, in_idx, out_idx, kept, dead, in_flat, out_flat):
             layers[path]["constant"] = True
             replace_module(model, path, to_constant(module))
+    for owner, entry in layers.items():
+        for finish in FINISHERS:
+            finish(model, owner, entry)
     return layers
 
 

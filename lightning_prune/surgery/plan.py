@@ -11,6 +11,7 @@ from lightning_prune.errors import PlanMismatchError
 from lightning_prune.surgery.constant import replace_module
 from lightning_prune.surgery.masks import to_constant
 from lightning_prune.surgery.resize import get_slicer
+from lightning_prune.surgery.roles import PLAN_KEYS
 
 PLAN_FORMAT = "lightning_prune.channel_plan"
 PLAN_VERSION = 1
@@ -130,8 +131,12 @@ def apply_channel_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
         )
     for path, entry in plan["layers"].items():
         module = model.get_submodule(path)
-        in_idx, out_idx = _widths(entry)
-        get_slicer(module)(module, in_idx, out_idx)
+        if "in" in entry or "out" in entry:
+            in_idx, out_idx = _widths(entry)
+            get_slicer(module)(module, in_idx, out_idx)
+        for key, apply in PLAN_KEYS.items():  # parameters sliced, head counts (surgery.roles)
+            if key in entry:
+                apply(model, path, entry[key])
         if entry.get("constant"):
             replace_module(model, path, to_constant(module))
     model.__dict__[PLAN_ATTR] = channel_plan_copy(plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ class ModuleSpec:
         weight_params: parameters scaled by input and output widths.
         bias_params: parameters scaled by the output width only.
         site: whether the gate is applied to this module's output.
+        attrs: role-specific details (``"param"``: ``owner``, ``name``, ``axis``; ``"heads"``:
+            ``scope``, ``size``, ``rest``; ``"norm"``: ``layer_norm``).
     """
 
     path: str
@@ -49,6 +51,7 @@ class ModuleSpec:
     weight_params: int = 0
     bias_params: int = 0
     site: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

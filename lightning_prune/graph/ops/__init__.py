@@ -1,10 +1,10 @@
 """The operation table: channel rules by module class, callable, Tensor method and ATen op.
 
 Importing this package registers the built-in rules (:mod:`.pointwise`, :mod:`.tensor`,
-:mod:`.layers`). Other packages add their own with :func:`register_op`.
+:mod:`.layers`, :mod:`.layout`, :mod:`.attention`). Other packages add their own with :func:`register_op`.
 """
 
-from lightning_prune.graph.ops import layers, pointwise, tensor
+from lightning_prune.graph.ops import attention, layers, layout, pointwise, tensor
 from lightning_prune.graph.ops.table import OPS, Call, Op, OpTable, Rule, aten_name, register_op
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "OpTable",
     "Rule",
     "aten_name",
+    "attention",
     "layers",
+    "layout",
     "pointwise",
     "register_op",
     "tensor",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+from lightning_prune.graph.ops.layout import index_items
 from lightning_prune.graph.ops.table import Call, Op, Rule, register_op
 
 
@@ -93,30 +94,18 @@ def _narrow(call: Call) -> Op:
     return Op("slice", list(call.values()[:1]), attrs)
 
 
-def _index_op(index: Any, ndim: int) -> tuple[str, dict[str, Any]]:
-    """Classify ``tensor[index]``: channel slice, pass-through, or unknown."""
-    items = index if isinstance(index, tuple) else (index,)
-    if not all(isinstance(i, slice) for i in items) or len(items) > ndim:
-        return "unknown", {"op": "tensor indexing"}
-    full = slice(None)
-    if items and items[0] != full:
-        return "unknown", {"op": "indexing along the batch dimension"}
-    if len(items) < 2 or items[1] == full:
-        return "pointwise", {"zero_preserving": True}
-    sl = items[1]
-    return "slice", {"dim": 1, "start": sl.start, "stop": sl.stop, "step": sl.step}
-
-
 @register_op(operator.getitem)
 def _getitem(call: Call) -> Op:
-    """An item of a tuple output, or indexing of a tensor (``x[:, :4]``)."""
+    """An item of a tuple output, or indexing of a tensor (``x[:, :4]``, ``qkv[0]``)."""
     src, index = call.arg(0, "a"), call.arg(1, "b")
     shape = call.shape_of(src)
     if isinstance(shape, list):
         return Op("getitem", [call.operand(src)], {"index": index})
     if isinstance(shape, tuple) and call.is_data(src):
-        kind, attrs = _index_op(index, len(shape))
-        return Op(kind, [call.operand(src)], attrs)
+        items = index_items(index, len(shape))
+        if items is None:
+            return Op("unknown", [call.operand(src)], {"op": "tensor indexing"})
+        return Op("index", [call.operand(src)], {"items": items})
     return Op("ignore")
 
 
