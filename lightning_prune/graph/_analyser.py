@@ -116,15 +116,13 @@ class _Analyser(_TensorOps):
             m.outputs = self.uf.new(a["out_channels"])
         m.inputs = self._merge(m.inputs, v.elems)
         wi, wo = a["in_channels"] // groups, a["out_channels"] // groups
-        bias = f"bias of grouped conv `{path}`" if a.get("bias") else None
-        taint: list[str | None] = []
         for b in range(groups):
             block = m.inputs[b * wi : (b + 1) * wi] + m.outputs[b * wo : (b + 1) * wo]
             for e in block[1:]:
                 self.uf.union(block[0], e)
-            t = next((t for t in v.taint[b * wi : (b + 1) * wi] if t), None) or bias
-            taint.extend([t] * wo)
-        self.vals[node.name] = _Val(m.outputs, taint)
+        # its output is gated (by the norm after it, or as a site of its own): closed channels
+        # read zero whatever its bias and its inputs (Mix-FFN: fc1 -> dwconv -> act -> fc2)
+        self.vals[node.name] = _Val(m.outputs, [None] * len(m.outputs))
 
     def _consumer_taint(self, node: OpNode, v: _Val) -> bool:
         bad = [(e, t) for e, t in zip(v.elems, v.taint) if t]

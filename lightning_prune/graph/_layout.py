@@ -107,11 +107,12 @@ class Reshaped:
         val: the output's channel map.
         splits: element arrays of channel dimensions that the reshape split into (or merged
             from) several channel dimensions, one array per block (dimensions = the block's
-            channel dimensions of size > 1). Collapse can shrink at most one of them.
+            channel dimensions of size > 1), with the output dimensions of the block.
+            Collapse can shrink at most one of them.
     """
 
     val: _Val
-    splits: list[np.ndarray]
+    splits: list[tuple[np.ndarray, list[int]]]
 
 
 def _blocks(src: Shape, out: Shape) -> list[tuple[int, int, int, int]] | None:
@@ -168,7 +169,7 @@ def reshape(v: _Val, src: Shape, out: Shape) -> Reshaped | None:
     ids, pos = element_array(v)
     full = [src[d] if d in channel else 1 for d in range(len(src))]
     target, sizes, axes = list(full), [], []
-    multi: list[tuple[list[int], list[int]]] = []
+    multi: list[tuple[list[int], list[int], list[int]]] = []
     for p, q, j, k in blocks:
         if not any(d in channel for d in range(p, q)):
             sizes.extend([1] * (k - j))
@@ -179,17 +180,17 @@ def reshape(v: _Val, src: Shape, out: Shape) -> Reshaped | None:
         axes.extend(sub)
         big = [d for d in range(p, q) if d in channel and src[d] > 1]
         if len(big) > 1 or len(sub) > 1:
-            multi.append((big, sub))
+            multi.append((big, sub, list(range(j, k))))
     shape = [out[a] for a in axes]
     ids = np.broadcast_to(ids.reshape(full), target).reshape(sizes).reshape(shape)
     pos = np.broadcast_to(pos.reshape(full), target).reshape(sizes).reshape(shape)
     val = from_arrays(v, ids, pos, axes)
     splits = []
-    for big, sub in multi:
+    for big, sub, block in multi:
         if len(sub) > 1:
-            splits.append(_sub_array(val, sub))
+            splits.append((_sub_array(val, sub), block))
         if len(big) > 1:
-            splits.append(_sub_array(v, big))
+            splits.append((_sub_array(v, big), block))
     return Reshaped(val, splits)
 
 

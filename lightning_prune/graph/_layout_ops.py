@@ -78,6 +78,8 @@ class _LayoutOps(_MhaOps):
             return False
         m = self._register(const.name, "param", "Parameter")
         m.attrs["axis"] = param_axis
+        views = [[list(shape), list(axes).index(param_axis)] for shape, axes in const.views if param_axis in axes]
+        m.attrs["views"] = views
         m.outputs = self._merge(m.outputs, v.elems)
         return True
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from lightning_prune.graph import _layout as layout
 from lightning_prune.graph._layout_ops import _LayoutOps
+
+#: Why a reshape's channel split is pinned.
+COMPUTED = "(the size of a head is computed from a tensor's size: the head count cannot change)"
 from lightning_prune.graph.channels import _norm_dim, _Val
 from lightning_prune.graph.ir import OpNode
 
@@ -150,7 +153,10 @@ class _TensorOps(_LayoutOps):
         done = layout.reshape(v, src, out)
         if done is None:
             return self._unknown(node)
-        for arr in done.splits:  # channels split into (or merged from) several dimensions
+        computed = set(node.attrs.get("computed", ()))
+        for arr, block in done.splits:  # channels split into (or merged from) several dims
+            if computed & set(block):  # e.g. reshape(B, N, H, C // H): sizes stay as they are
+                self.uf.pin([int(e) for e in arr.reshape(-1)], f"{node.where} {COMPUTED}")
             self.splits.append((node, arr))
         self.vals[node.name] = done.val
         return None

@@ -48,10 +48,14 @@ class ConstantLayout:
         name: qualified name of the parameter.
         axes: for each dimension of the tensor, the parameter dimension it runs along, or
             ``None`` (a broadcast or gathered dimension).
+        views: the shapes the parameter was viewed to on the way (``view(self.bias_shape)``),
+            each with the parameter dimension of every one of its dimensions: a module that
+            stores such a shape must update it when the parameter is sliced.
     """
 
     name: str
     axes: Axes
+    views: tuple[tuple[Shape, Axes], ...] = ()
 
 
 def _op_name(node: fx.Node) -> str:
@@ -106,12 +110,22 @@ class _Layouts:
             return
         self.pure.add(name)
         laid = [i for i in inputs if i.name in self.layouts]
-        if len(laid) != 1 or not isinstance(shape, tuple):
+        first = node.args[0] if node.args else None
+        if not laid or not isinstance(shape, tuple):
             return
-        source = laid[0]
+        if isinstance(first, fx.Node) and first in laid and _op_name(node) not in _SAME:
+            source = first  # indexed / viewed tensor: other operands are indices, sizes
+        elif len(laid) == 1:
+            source = laid[0]
+        else:
+            return
         axes = self._axes(node, source, shape)
         if axes is not None and any(a is not None for a in axes):
-            self.layouts[name] = ConstantLayout(self.layouts[source.name].name, axes)
+            base = self.layouts[source.name]
+            views = base.views
+            if _op_name(node) in _VIEWS and shape != self.shapes.get(source.name):
+                views = (*views, (shape, axes))
+            self.layouts[name] = ConstantLayout(base.name, axes, views)
 
     def _axes(self, node: fx.Node, source: fx.Node, out: Shape) -> Axes | None:
         src = self.shapes.get(source.name)

@@ -33,12 +33,14 @@ from lightning_prune.surgery.roles import (
 )
 from lightning_prune.surgery.state import ModuleSpec, PruneState, UnitRef
 
-__all__ = ["head_attributes", "op_flops", "refresh_op_flops"]
+__all__ = ["head_attributes", "op_flops", "refresh_op_flops", "shape_attributes"]
 
 #: Attribute names that may hold a head count (``num_heads``, ``heads``, ``n_head``).
 _HEADS = re.compile(r"head", re.IGNORECASE)
 #: Attribute names that hold a per-head size, never a head count or an attention width.
 _PER_HEAD = re.compile(r"head_?dim|dim_?head|head_?size|key_?dim|val_?dim|scale", re.I)
+#: Attribute names of a module's input width (unchanged by pruning its heads).
+_INPUT = re.compile(r"^(dim|in_\w+|input_\w+)$")
 
 
 # ------------------------------------------------------------------------------ params
@@ -55,7 +57,7 @@ def _param_spec(
     axis = int(m.attrs["axis"])  # type: ignore[call-overload]
     numel = int(value.numel()) if isinstance(value, torch.Tensor) else 0
     params = numel if name in module._parameters else 0
-    attrs = {"owner": owner, "name": name, "axis": axis}
+    attrs = {"owner": owner, "name": name, "axis": axis, "views": m.attrs.get("views", [])}
     return ModuleSpec(m.path, "param", type(module).__name__, None, refs, 0.0, 0, params, False, attrs)
 
 
@@ -74,13 +76,50 @@ def _collapse_param(
     model: nn.Module, spec: ModuleSpec, kept: torch.Tensor
 ) -> tuple[str, dict[str, Any]]:
     module, owner, name = _owner(model, spec.path)
-    entry = _slice_tensor(module, name, int(spec.attrs["axis"]), kept)
-    return owner, {"params": {name: entry}}
+    entry: list[Any] = _slice_tensor(module, name, int(spec.attrs["axis"]), kept)
+    views = spec.attrs.get("views")
+    return owner, {"params": {name: [*entry, views] if views else entry}}
+
+
+def shape_attributes(
+    module: nn.Module, params: dict[str, list[Any]]
+) -> dict[str, list[Any]]:
+    """Shape tuples of ``module`` to update after its parameters were sliced.
+
+    A module that views a parameter to a stored shape (``table[index].view(self.bias_shape)``
+    with ``bias_shape = (N, N, num_heads)``) must read the new size. The analysis records the
+    shapes each parameter was viewed to and where its sliced dimension lies in them
+    (``[axis, old, new, views]``); a tuple attribute equal to such a shape is updated there.
+    """
+    updates: dict[str, list[Any]] = {}
+    for entry in params.values():
+        _, old, new = entry[:3]
+        views = entry[3] if len(entry) > 3 else []
+        for name, value in vars(module).items():
+            if name.startswith("_") or not isinstance(value, (tuple, list)) or old == new:
+                continue
+            for shape, dim in views:
+                if list(value) == list(shape) and value[dim] == old:
+                    changed = list(value)
+                    changed[dim] = new
+                    updates[name] = [list(value), changed]
+    return updates
+
+
+def _finish_params(model: nn.Module, path: str, entry: dict[str, Any]) -> None:
+    if "params" not in entry:
+        return
+    module = model.get_submodule(path)
+    updates = shape_attributes(module, entry["params"])
+    for name, (old, new) in updates.items():
+        setattr(module, name, type(getattr(module, name))(new))
+    if updates:
+        entry.setdefault("attrs", {}).update(updates)
 
 
 def _apply_params(model: nn.Module, path: str, params: dict[str, list[int]]) -> None:
     module = model.get_submodule(path)
-    for name, (axis, old, new) in params.items():
+    for name, (axis, old, new, *_) in params.items():
         value = getattr(module, name, None)
         if not isinstance(value, torch.Tensor) or int(value.shape[axis]) != old:
             raise PlanMismatchError(
@@ -194,7 +233,7 @@ def head_attributes(module: nn.Module, splits: list[list[int]]) -> dict[str, lis
             continue
         if _HEADS.search(name) and not _PER_HEAD.search(name) and value in new_heads:
             new = new_heads[value]
-        elif not _PER_HEAD.search(name) and not _HEADS.search(name) and value in widths:
+        elif value in widths and not any(p.search(name) for p in (_PER_HEAD, _HEADS, _INPUT)):
             new = widths[value]
         else:
             continue
@@ -215,18 +254,20 @@ def _finish_heads(model: nn.Module, path: str, entry: dict[str, Any]) -> None:
         entry.setdefault("attrs", {}).update(updates)
 
 
-def _apply_attrs(model: nn.Module, path: str, attrs: dict[str, list[int]]) -> None:
+def _apply_attrs(model: nn.Module, path: str, attrs: dict[str, list[Any]]) -> None:
     module = model.get_submodule(path)
     for name, (old, new) in attrs.items():
-        if getattr(module, name, None) != old:
+        value = getattr(module, name, None)
+        plain = list(value) if isinstance(value, (tuple, list)) else value
+        if plain != old:
             raise PlanMismatchError(
                 f"The channel plan sets `{path}.{name}` from {old} to {new}, but the model has "
-                f"{getattr(module, name, None)!r}."
+                f"{value!r}."
             )
-        setattr(module, name, new)
+        setattr(module, name, type(value)(new) if isinstance(value, (tuple, list)) else new)
 
 
 SPEC_BUILDERS.update({"param": _param_spec, "op": _op_spec, "heads": _heads_spec})
 COLLAPSERS.update({"param": _collapse_param, "heads": _collapse_heads, "op": lambda *a: None})
-FINISHERS.append(_finish_heads)
+FINISHERS.extend([_finish_heads, _finish_params])
 PLAN_KEYS.update({"params": _apply_params, "attrs": _apply_attrs})

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from lightning_prune.counting import count_flops, count_params, module_flops
-from lightning_prune.errors import NothingToPruneError, PruningError
+from lightning_prune.errors import ArgumentError, NothingToPruneError, PruningError
 from lightning_prune.gates.base import ChannelGate
 from lightning_prune.gates.registry import get_gate_class
-from lightning_prune.graph.analysis import ChannelAnalysis, ModuleChannels
+from lightning_prune.graph.analysis import EMBEDDING_MODES, ChannelAnalysis, ModuleChannels
 from lightning_prune.graph.connectivity import critical_groups
 from lightning_prune.graph.ir import Graph
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
@@ -37,7 +37,9 @@ from lightning_prune.surgery.state import (
     UnitRef,
     gate_modules,
     get_state,
+    strip_gates,
 )
+from lightning_prune.surgery.trial import failing_head_groups
 
 
 def _group_names(analysis: ChannelAnalysis) -> list[str]:
@@ -165,7 +167,8 @@ def _build_state(
             continue
         gated_out = any(r is not None for r in spec.out_units)
         spec.site = gated_out and (
-            spec.role == "norm" or (spec.role in ("conv", "source") and not m.feeds_norm_only)
+            spec.role == "norm"
+            or (spec.role in ("conv", "source", "grouped") and not m.feeds_norm_only)
         )
         specs[m.path] = spec
         for gi in touched:
@@ -187,6 +190,7 @@ def augment(
     gate: str | type[ChannelGate] = "sigmoid",
     exclude: str | Sequence[str] = (),
     gate_kwargs: dict[str, Any] | None = None,
+    embedding: str = "pin",
 ) -> list[ChannelGate]:
     """Insert one gate per channel group of ``model`` (in place).
 
@@ -203,6 +207,11 @@ def augment(
         exclude: module path patterns (``fnmatch``; a prefix covers its submodules) whose
             channels are never pruned; each must match a module.
         gate_kwargs: keyword arguments for the gate class (e.g. ``temperature``).
+        embedding: what to do with channels a LayerNorm normalises (a transformer's
+            embedding width): ``"pin"`` keeps them; ``"renormalize"`` prunes them, each
+            LayerNorm taking its statistics over the kept channels only (in the gated model
+            too, so that the compact model computes exactly what the gated one does; a model
+            trained densely sees a changed normalisation once channels close).
 
     Returns:
         The gates, one per group (also reachable as ``model.lp_gates``).
@@ -233,10 +242,44 @@ def augment(
             )
         return gate_modules(model)
     check_augment_root(model)
+    if embedding not in EMBEDDING_MODES:
+        raise ArgumentError(
+            f"embedding must be one of {EMBEDDING_MODES}, got {embedding!r}: 'pin' keeps the "
+            "channels LayerNorms normalise, 'renormalize' prunes them (LayerNorm statistics "
+            "over the kept channels)."
+        )
     inputs = as_input_tuple(example_inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = tuple(t.to(device) for t in inputs)
-    traced = trace_channels(model, inputs, exclude)
+    pins: dict[str, str] = {}
+    for _ in range(3):
+        gates = _attach(model, inputs, gate_cls, exclude, gate_kwargs, embedding, pins)
+        failing = failing_head_groups(model)
+        if not failing:
+            return gates
+        state = get_state(model)
+        assert state is not None
+        for group, reason in failing.items():
+            for producer in state.groups[group].producers:
+                pins[producer] = reason
+        strip_gates(model)
+    raise PruningError(  # pragma: no cover - pinned groups cannot fail again
+        f"lightning_prune could not find collapsible head groups in {type(model).__name__}."
+    )
+
+
+def _attach(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    gate_cls: type[ChannelGate],
+    exclude: str | Sequence[str],
+    gate_kwargs: dict[str, Any] | None,
+    embedding: str,
+    pins: dict[str, str],
+) -> list[ChannelGate]:
+    """Analyse ``model`` and insert its gates (``pins``: producers kept, with the reason)."""
+    device = inputs[0].device if inputs else torch.device("cpu")
+    traced = trace_channels(model, inputs, exclude, embedding=embedding, pins=pins)
     analysis = traced.analysis
     if not analysis.groups:
         raise NothingToPruneError(
@@ -245,6 +288,7 @@ def augment(
             "directly. Check `exclude=` and that the model has such layers."
         )
     state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
+    state.embedding = embedding
     gates = make_gates(gate_cls, [g.num_units for g in state.groups], gate_kwargs)
     for g, spec in zip(gates, state.groups):
         g.to(device).train(model.training)

@@ -11,7 +11,6 @@ from torch import nn
 
 from lightning_prune.errors import CollapseError
 from lightning_prune.surgery.constant import replace_module
-from lightning_prune.surgery.gating import detach_sites, restore_root
 from lightning_prune.surgery.masks import (
     EffectiveMasks,
     constant_role,
@@ -23,11 +22,10 @@ from lightning_prune.surgery.plan import PLAN_ATTR, PLAN_FORMAT, PLAN_VERSION, l
 from lightning_prune.surgery.resize import get_slicer, zero_channels
 from lightning_prune.surgery.roles import COLLAPSERS, FINISHERS, merge_entry
 from lightning_prune.surgery.state import (
-    GATES_ATTR,
-    STATE_ATTR,
     PruneState,
     gate_modules,
     require_state,
+    strip_gates,
 )
 
 
@@ -120,11 +118,7 @@ def _run_compact(work: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -
 
 
 def _strip(model: nn.Module) -> None:
-    detach_sites(model)
-    restore_root(model)
-    if GATES_ATTR in model._modules:
-        del model._modules[GATES_ATTR]
-    model.__dict__.pop(STATE_ATTR, None)
+    strip_gates(model)
 
 
 def collapse(
@@ -183,6 +177,7 @@ def collapse(
     _strip(work)
     original = layer_signature(work)
     layers = _slice_all(work, state, masks)
+    work.eval()  # modules caching tensors made from their parameters drop them on train()
     if verify:
         err = max(
             _compare(ref, _run_compact(work, inputs, type(model).__name__), rtol)

@@ -139,6 +139,7 @@ def apply_channel_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
                 apply(model, path, entry[key])
         if entry.get("constant"):
             replace_module(model, path, to_constant(module))
+    model.train(model.training)  # modules caching tensors made from parameters drop them
     model.__dict__[PLAN_ATTR] = channel_plan_copy(plan)
     return model
 

@@ -77,6 +77,8 @@ class PruneState:
     dense_flops: float
     dense_params: float
     backend: str
+    #: How LayerNorm channels were treated (``"pin"`` or ``"renormalize"``, see ``augment``).
+    embedding: str = "pin"
     _index_cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, build: Callable[[], _T], kind: type[_T]) -> _T:
@@ -141,3 +143,14 @@ def gate_modules(model: nn.Module) -> list[ChannelGate]:
     if state is None or container is None:
         return []
     return [container[g.name] for g in state.groups]
+
+
+def strip_gates(model: nn.Module) -> None:
+    """Remove gates, sites and the recorded state from ``model`` (in place)."""
+    from lightning_prune.surgery.gating import detach_sites, restore_root
+
+    detach_sites(model)
+    restore_root(model)
+    if GATES_ATTR in model._modules:
+        del model._modules[GATES_ATTR]
+    model.__dict__.pop(STATE_ATTR, None)

@@ -8,6 +8,8 @@ the torch functions and Tensor methods of the same name share.
 from __future__ import annotations
 
 import operator
+
+import torch.fx as fx
 from typing import Any
 
 from lightning_prune.graph.ops.layout import index_items
@@ -51,8 +53,22 @@ def _stack(call: Call) -> Op:
     return Op("stack", [call.operand(t) for t in tensors], {"dim": call.arg(1, "dim", 0)})
 
 
-@register_op("aten.view", "aten.reshape", "aten.flatten", "aten._unsafe_view")
+@register_op("aten.view", "aten.reshape", "aten._unsafe_view")
 def _reshape(call: Call) -> Op:
+    """``x.view(*sizes)``; sizes computed in forward from tensor sizes are recorded.
+
+    A size the model computes (``C // self.num_heads``) rather than reads from an attribute
+    or infers (``-1``) would keep its old value once channels are removed.
+    """
+    sizes = list(call.args[1:]) or list(call.kwargs.get("shape", call.kwargs.get("size", [])))
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    computed = [i for i, size in enumerate(sizes) if isinstance(size, fx.Node)]
+    return Op("reshape", list(call.values()[:1]), {"computed": computed} if computed else {})
+
+
+@register_op("aten.flatten")
+def _flatten(call: Call) -> Op:
     return Op("reshape", list(call.values()[:1]))
 
 
