@@ -66,7 +66,12 @@ class _Analyser(_TensorOps):
         if not isinstance(src, tuple) or len(src) != len(shape) or not self._spans(v, shape):
             self._unknown(node)
             return
-        if src != shape and v.axes != (1,):  # pools, resampling: NCHW layers
+        touched = node.attrs.get("dims")  # dims a padding / roll changes (None: any but C)
+        if touched is not None:
+            if any(_norm_dim(int(d), len(shape)) in v.axes for d in touched):
+                self._unknown(node)
+                return
+        elif src != shape and v.axes != (1,):  # pools, resampling: NCHW layers
             self._unknown(node)
             return
         dim = node.attrs.get("dim")  # softmax: mixes the values along ``dim``

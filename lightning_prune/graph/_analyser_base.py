@@ -75,9 +75,9 @@ class _AnalyserBase:
         """Channel dimension for a fresh output: its input's when the layout is kept, else 1."""
         v = self._val(self._first(node))
         src = self.graph_shape(self._first(node))
-        if v is not None and v.axis is not None and isinstance(src, tuple):
-            if isinstance(node.shape, tuple) and len(node.shape) == len(src):
-                return v.axis
+        kept = isinstance(src, tuple) and isinstance(node.shape, tuple)
+        if v is not None and v.axis is not None and kept and len(node.shape) == len(src):  # type: ignore[arg-type]
+            return v.axis
         return 1
 
     def _excluded(self, path: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_prune.graph.channels import _norm_dim, _UnionFind, _Val
+from lightning_prune.graph.channels import _UnionFind, _Val
 
 Shape = tuple[int, ...]
 

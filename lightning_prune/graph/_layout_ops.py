@@ -78,7 +78,11 @@ class _LayoutOps(_MhaOps):
             return False
         m = self._register(const.name, "param", "Parameter")
         m.attrs["axis"] = param_axis
-        views = [[list(shape), list(axes).index(param_axis)] for shape, axes in const.views if param_axis in axes]
+        views = [
+            [list(shape), list(axes).index(param_axis)]
+            for shape, axes in const.views
+            if param_axis in axes
+        ]
         m.attrs["views"] = views
         m.outputs = self._merge(m.outputs, v.elems)
         return True
@@ -193,8 +197,10 @@ class _LayoutOps(_MhaOps):
         if not any(raw):
             return self._op_ignore(node)
         shapes = [self.graph_shape(i) for i in names]
-        if not isinstance(out, tuple) or len(out) < 3 or any(
-            not isinstance(s, tuple) or len(s) < 2 for s in shapes
+        if (
+            not isinstance(out, tuple)
+            or len(out) < 3
+            or any(not isinstance(s, tuple) or len(s) < 2 for s in shapes)
         ):
             return self._unknown(node)
         r = len(out)
@@ -219,8 +225,10 @@ class _LayoutOps(_MhaOps):
         return None
 
     def _op_attention(self, node: OpNode) -> None:
-        """``F.scaled_dot_product_attention(q, k, v, attn_mask)``: heads pair up, the output
-        follows the value's channels."""
+        """``F.scaled_dot_product_attention(q, k, v, attn_mask)``.
+
+        The heads of query, key and value pair up; the output follows the value's channels.
+        """
         names = node.inputs[:3]
         mask = node.inputs[3] if len(node.inputs) > 3 else None
         raw = [self._val(i) for i in names]
@@ -255,15 +263,18 @@ class _LayoutOps(_MhaOps):
         a = node.attrs
         if v.axis is None or a["normalized"] != 1 or shape[v.axis] != a["size"]:
             return None
-        if a.get("plain", False) or node.module is None:
+        layout = a.get("layout")
+        if layout == "first":
+            return v.axis if v.axis == 1 else None
+        if layout == "last" or node.module is None:  # F.layer_norm: the trailing dimension
             return v.axis if v.axis == len(shape) - 1 else None
-        return v.axis  # a LayerNorm subclass of its own layout (channels first, ...)
+        return v.axis  # a LayerNorm of its own: statistics over the channels all the same
 
     def _op_layer_norm(self, node: OpNode) -> None:
         """LayerNorm: its statistics mix the channels it normalises.
 
         By default (``embedding="pin"``) those channels are never removed. With
-        ``embedding="renormalize"`` a plain LayerNorm over the channel dimension is a gate
+        ``embedding="renormalize"`` a LayerNorm module over the channel dimension is a gate
         site whose statistics are taken over the open channels only (see
         :class:`~lightning_prune.surgery.norm.MaskedLayerNorm`): the gated model and the
         compact one compute the same thing.
@@ -274,7 +285,7 @@ class _LayoutOps(_MhaOps):
             return self._unknown(node) if v is not None else self._op_ignore(node)
         axis = self._norm_axis(node, v, shape)
         path = node.module or node.name
-        site = self.embedding == "renormalize" and node.attrs.get("plain", False)
+        site = self.embedding == "renormalize" and node.attrs.get("layout") is not None
         if axis is None or not site or node.module is None or self._excluded(path):
             reason = LAYER_NORM_REASON
             self.uf.pin(v.elems, reason)
@@ -282,7 +293,7 @@ class _LayoutOps(_MhaOps):
             return None
         m: ModuleChannels = self._register(path, "norm", node.where.split(" ")[0])
         m.inputs = self._merge(m.inputs, v.elems)
-        m.attrs["layer_norm"] = True
+        m.attrs["layer_norm"] = 1 if node.attrs["layout"] == "first" else -1
         self.vals[node.name] = _Val(m.inputs, [None] * len(m.inputs), v.axes)
         return None
 
@@ -321,4 +332,3 @@ class _LayoutOps(_MhaOps):
             m.outputs = [int(e) for e in heads]
             size = int(arr.shape[k])
             m.attrs.update({"scope": node.scope, "size": size, "rest": int(arr.size // size)})
-

@@ -56,6 +56,7 @@ class _MhaOps(_AnalyserBase):
         proj.attrs["flops"] = int(proj.attrs.get("flops", 0)) + 2 * tokens * e * 3 * e
         out_proj.attrs["flops"] = int(out_proj.attrs.get("flops", 0)) + 2 * tokens * e * e
         proj.feeds_norm_only = out_proj.feeds_norm_only = False  # gated inside its forward
+        proj.attrs["opaque"] = 1  # attention inside: never a constant layer
         if self._excluded(path):
             for m in (proj, out_proj):
                 self.uf.pin([*(m.inputs or []), *(m.outputs or [])], _EXCLUDED)

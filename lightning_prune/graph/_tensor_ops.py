@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from lightning_prune.graph import _layout as layout
 from lightning_prune.graph._layout_ops import _LayoutOps
+from lightning_prune.graph.channels import _norm_dim, _Val
+from lightning_prune.graph.ir import OpNode
 
 #: Why a reshape's channel split is pinned.
 COMPUTED = "(the size of a head is computed from a tensor's size: the head count cannot change)"
-from lightning_prune.graph.channels import _norm_dim, _Val
-from lightning_prune.graph.ir import OpNode
 
 
 class _TensorOps(_LayoutOps):
@@ -158,6 +158,12 @@ class _TensorOps(_LayoutOps):
             if computed & set(block):  # e.g. reshape(B, N, H, C // H): sizes stay as they are
                 self.uf.pin([int(e) for e in arr.reshape(-1)], f"{node.where} {COMPUTED}")
             self.splits.append((node, arr))
+        out_axis = done.val.axis
+        if out_axis is not None and out_axis in node.attrs.get("literal", ()):
+            # reshape(B, self.hidden_dim, -1): the module reads the channel count
+            m = self._register(f"{node.scope}:{node.name}", "heads", node.where.split(" ")[0])
+            m.outputs = list(done.val.elems)
+            m.attrs.update({"scope": node.scope, "size": out[out_axis], "rest": 1, "width": 1})
         self.vals[node.name] = done.val
         return None
 

@@ -9,6 +9,7 @@ of one tensor, :class:`ModuleChannels` how one module's weights are indexed by e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ChannelAnalysis", "ModuleChannels"]
 
@@ -93,7 +94,7 @@ class ModuleChannels:
     feeds_norm_only: bool = True
     #: role-specific details (``"param"``: the parameter's name and channel axis; ``"op"``:
     #: FLOPs of the operation; ``"heads"``: sizes of the split)
-    attrs: dict[str, object] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -150,12 +150,15 @@ def trace_channels(
     finally:
         model.train(was_training)
     analysis = analyse(graph, patterns, embedding, pins)
-    _warn_ungated(analysis)
+    warn_ungated(analysis)
     return ChannelTrace(graph, analysis)
 
 
-def _warn_ungated(analysis: ChannelAnalysis) -> None:
+def warn_ungated(analysis: ChannelAnalysis, reasons: set[str] | None = None) -> None:
+    """Warn about the groups left ungated (only those pinned for ``reasons``, if given)."""
     for reason, producers in sorted(analysis.ungated.items()):
+        if reasons is not None and reason not in reasons:
+            continue
         names = ", ".join(f"`{p}`" for p in sorted(producers)[:4])
         more = f" and {len(producers) - 4} more" if len(producers) > 4 else ""
         warnings.warn(

@@ -54,11 +54,13 @@ def _param_spec(
 ) -> ModuleSpec:
     module, owner, name = _owner(model, m.path)
     value = getattr(module, name)
-    axis = int(m.attrs["axis"])  # type: ignore[call-overload]
+    axis = int(m.attrs["axis"])
     numel = int(value.numel()) if isinstance(value, torch.Tensor) else 0
     params = numel if name in module._parameters else 0
     attrs = {"owner": owner, "name": name, "axis": axis, "views": m.attrs.get("views", [])}
-    return ModuleSpec(m.path, "param", type(module).__name__, None, refs, 0.0, 0, params, False, attrs)
+    return ModuleSpec(
+        m.path, "param", type(module).__name__, None, refs, 0.0, 0, params, False, attrs
+    )
 
 
 def _slice_tensor(module: nn.Module, name: str, axis: int, idx: torch.Tensor) -> list[int]:
@@ -81,9 +83,7 @@ def _collapse_param(
     return owner, {"params": {name: [*entry, views] if views else entry}}
 
 
-def shape_attributes(
-    module: nn.Module, params: dict[str, list[Any]]
-) -> dict[str, list[Any]]:
+def shape_attributes(module: nn.Module, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """Shape tuples of ``module`` to update after its parameters were sliced.
 
     A module that views a parameter to a stored shape (``table[index].view(self.bias_shape)``
@@ -111,7 +111,7 @@ def _finish_params(model: nn.Module, path: str, entry: dict[str, Any]) -> None:
         return
     module = model.get_submodule(path)
     updates = shape_attributes(module, entry["params"])
-    for name, (old, new) in updates.items():
+    for name, (_, new) in updates.items():
         setattr(module, name, type(getattr(module, name))(new))
     if updates:
         entry.setdefault("attrs", {}).update(updates)
@@ -149,19 +149,21 @@ def op_flops(graph: Graph, node: OpNode, model: nn.Module) -> int:
     if any(not isinstance(s, tuple) for s in shapes[:2]):
         return 0
 
-    def zeros(shape: Any) -> torch.Tensor | None:
-        return torch.zeros(shape, device=device) if isinstance(shape, tuple) else None
+    if node.kind == "attention" and any(not isinstance(s, tuple) for s in shapes[:3]):
+        return 0
+
+    def zeros(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, device=device)
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         if node.kind == "matmul":
-            torch.matmul(zeros(shapes[0]), zeros(shapes[1]))  # type: ignore[arg-type]
+            torch.matmul(zeros(shapes[0]), zeros(shapes[1]))
         else:
             q, k, v = (zeros(s) for s in shapes[:3])
-            mask = zeros(shapes[3]) if len(shapes) > 3 else None
-            F.scaled_dot_product_attention(  # type: ignore[arg-type]
-                q, k, v, attn_mask=mask, is_causal=bool(node.attrs.get("is_causal"))
-            )
+            mask = zeros(shapes[3]) if len(shapes) > 3 and isinstance(shapes[3], tuple) else None
+            causal = bool(node.attrs.get("is_causal"))
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     return int(counter.get_total_flops())
 
 
@@ -181,9 +183,7 @@ def refresh_op_flops(state: PruneState, per_module: dict[str, int]) -> None:
         spec.flops = float(per_module.get(path, 0)) - projections
 
 
-def _op_spec(
-    m: ModuleChannels, refs: list[UnitRef], model: nn.Module, graph: Graph
-) -> ModuleSpec:
+def _op_spec(m: ModuleChannels, refs: list[UnitRef], model: nn.Module, graph: Graph) -> ModuleSpec:
     node = next(n for n in graph.nodes if n.name == m.attrs["node"])
     flops = float(op_flops(graph, node, model))
     return ModuleSpec(m.path, "op", m.type_name, None, refs, flops, 0, 0, False, dict(m.attrs))
@@ -200,7 +200,8 @@ def _collapse_heads(
     model: nn.Module, spec: ModuleSpec, kept: torch.Tensor
 ) -> tuple[str, dict[str, Any]]:
     a = spec.attrs
-    return str(a["scope"]), {"heads": [[int(a["size"]), int(a["rest"]), len(kept)]]}
+    split = [int(a["size"]), int(a["rest"]), len(kept), int(a.get("width", 0))]
+    return str(a["scope"]), {"heads": [split]}
 
 
 def head_attributes(module: nn.Module, splits: list[list[int]]) -> dict[str, list[int]]:
@@ -208,8 +209,9 @@ def head_attributes(module: nn.Module, splits: list[list[int]]) -> dict[str, lis
 
     Args:
         module: the module whose forward splits its channels into heads.
-        splits: ``[heads, rest, kept heads]`` of each split it makes (``rest``: the product
-            of the other dimensions of the split, e.g. the head width).
+        splits: ``[heads, rest, kept heads, width]`` of each split it makes (``rest``: the
+            product of the other dimensions of the split, e.g. the head width; ``width``: 1
+            for a reshape to a channel count the module reads, ``[C, 1, kept, 1]``).
 
     Returns:
         ``{name: [old, new]}``: attributes named like a head count whose value is a head
@@ -220,7 +222,10 @@ def head_attributes(module: nn.Module, splits: list[list[int]]) -> dict[str, lis
     """
     new_heads: dict[int, int] = {}
     widths: dict[int, int] = {}
-    for heads, rest, kept in splits:
+    for heads, rest, kept, *flag in splits:
+        if flag and flag[0]:  # a channel count, not heads
+            widths[heads * rest] = kept * rest
+            continue
         if new_heads.setdefault(heads, kept) != kept:
             raise CollapseError(
                 f"{type(module).__name__} splits {heads} heads twice with different kept heads "

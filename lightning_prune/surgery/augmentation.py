@@ -13,11 +13,13 @@ from lightning_prune.counting import count_flops, count_params, module_flops
 from lightning_prune.errors import ArgumentError, NothingToPruneError, PruningError
 from lightning_prune.gates.base import ChannelGate
 from lightning_prune.gates.registry import get_gate_class
-from lightning_prune.graph.analysis import EMBEDDING_MODES, ChannelAnalysis, ModuleChannels
+from lightning_prune.graph.analysis import EMBEDDING_MODES, ChannelAnalysis, ModuleChannels, analyse
 from lightning_prune.graph.connectivity import critical_groups
 from lightning_prune.graph.ir import Graph
-from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
+from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels, warn_ungated
+from lightning_prune.graph.validate import check_exclude
 from lightning_prune.surgery.arguments import check_augment_root, check_gate_kwargs, make_gates
+from lightning_prune.surgery.attention import refresh_op_flops
 from lightning_prune.surgery.gating import (
     ResetSamples,
     Segment,
@@ -25,7 +27,7 @@ from lightning_prune.surgery.gating import (
     prepare_root,
     switched_classes,
 )
-from lightning_prune.surgery.attention import refresh_op_flops
+from lightning_prune.surgery.norm import AXIS_ATTR
 from lightning_prune.surgery.roles import SPEC_BUILDERS
 from lightning_prune.surgery.state import (
     GATES_ATTR,
@@ -127,7 +129,14 @@ def _spec(
 
     if m.role == "norm":
         return ModuleSpec(
-            m.path, "norm", type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn,
+            m.path,
+            "norm",
+            type(module).__name__,
+            None,
+            refs(m.inputs),
+            0.0,
+            0,
+            wn + bn,
             attrs=dict(m.attrs),
         )
     if m.role == "source":  # a constant layer: its values are its only parameters
@@ -139,7 +148,9 @@ def _spec(
     outs = refs(m.outputs)
     if m.role == "grouped":
         return ModuleSpec(m.path, "grouped", type(module).__name__, ins, outs, flops, 0, wn + bn)
-    return ModuleSpec(m.path, "conv", type(module).__name__, ins, outs, flops, wn, bn)
+    return ModuleSpec(
+        m.path, "conv", type(module).__name__, ins, outs, flops, wn, bn, attrs=dict(m.attrs)
+    )
 
 
 def _build_state(
@@ -160,7 +171,7 @@ def _build_state(
     ]
     specs: dict[str, ModuleSpec] = {}
     for m in analysis.modules.values():
-        flops = per_module.get(m.path, int(m.attrs.get("flops", 0)))  # type: ignore[call-overload]
+        flops = per_module.get(m.path, int(m.attrs.get("flops", 0)))
         spec = _spec(m, analysis, pos, model, flops, graph)
         touched = {r[0] for r in (spec.in_units or []) + spec.out_units if r is not None}
         if not touched:
@@ -251,18 +262,22 @@ def augment(
     inputs = as_input_tuple(example_inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = tuple(t.to(device) for t in inputs)
+    traced = trace_channels(model, inputs, exclude, embedding=embedding)
+    patterns = check_exclude(model, exclude)
+    analysis = traced.analysis
     pins: dict[str, str] = {}
     for _ in range(3):
-        gates = _attach(model, inputs, gate_cls, exclude, gate_kwargs, embedding, pins)
+        gates = _attach(model, inputs, gate_cls, traced.graph, analysis, gate_kwargs, embedding)
         failing = failing_head_groups(model)
         if not failing:
             return gates
         state = get_state(model)
         assert state is not None
-        for group, reason in failing.items():
-            for producer in state.groups[group].producers:
-                pins[producer] = reason
+        new = {p: reason for g, reason in failing.items() for p in state.groups[g].producers}
+        pins.update(new)
         strip_gates(model)
+        analysis = analyse(traced.graph, patterns, embedding, pins)
+        warn_ungated(analysis, set(new.values()))
     raise PruningError(  # pragma: no cover - pinned groups cannot fail again
         f"lightning_prune could not find collapsible head groups in {type(model).__name__}."
     )
@@ -272,22 +287,20 @@ def _attach(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     gate_cls: type[ChannelGate],
-    exclude: str | Sequence[str],
+    graph: Graph,
+    analysis: ChannelAnalysis,
     gate_kwargs: dict[str, Any] | None,
     embedding: str,
-    pins: dict[str, str],
 ) -> list[ChannelGate]:
-    """Analyse ``model`` and insert its gates (``pins``: producers kept, with the reason)."""
+    """Insert the gates of an analysed ``model``."""
     device = inputs[0].device if inputs else torch.device("cpu")
-    traced = trace_channels(model, inputs, exclude, embedding=embedding, pins=pins)
-    analysis = traced.analysis
     if not analysis.groups:
         raise NothingToPruneError(
             f"{type(model).__name__} has no prunable channel group: lightning_prune prunes the "
             "output channels of Conv/Linear layers that do not feed the model's output "
             "directly. Check `exclude=` and that the model has such layers."
         )
-    state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
+    state = _build_state(model, graph, analysis, inputs, gate_cls.__name__)
     state.embedding = embedding
     gates = make_gates(gate_cls, [g.num_units for g in state.groups], gate_kwargs)
     for g, spec in zip(gates, state.groups):
@@ -297,10 +310,10 @@ def _attach(
     model.add_module(GATES_ATTR, nn.ModuleDict({g.name: gt for g, gt in zip(state.groups, gates)}))
     for mod_spec in state.modules.values():
         if mod_spec.site:
-            attach_site(
-                model.get_submodule(mod_spec.path),
-                _segments(mod_spec.out_units, gates, state.groups),
-            )
+            site = model.get_submodule(mod_spec.path)
+            if "layer_norm" in mod_spec.attrs:  # the dimension it normalises (surgery.norm)
+                site.__dict__[AXIS_ATTR] = mod_spec.attrs["layer_norm"]
+            attach_site(site, _segments(mod_spec.out_units, gates, state.groups))
     if gate_cls.stochastic:
         model.register_forward_pre_hook(ResetSamples(gates))
     if switched_classes(model):  # a layer's forward changed (e.g. attention): count it again

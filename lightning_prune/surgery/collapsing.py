@@ -15,6 +15,7 @@ from lightning_prune.surgery.masks import (
     EffectiveMasks,
     constant_role,
     effective_masks,
+    layer_role,
     spec_indices,
     to_constant,
 )
@@ -93,7 +94,8 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
         if len(out_dead):
             zero_channels(module, out_dead)
         merge_entry(layers.setdefault(path, {"type": type(module).__name__}), entry)
-        if constant_role(state.modules[path].role, in_idx, out_idx, kept, dead, in_flat, out_flat):
+        role = layer_role(state.modules[path])
+        if constant_role(role, in_idx, out_idx, kept, dead, in_flat, out_flat):
             layers[path]["constant"] = True
             replace_module(model, path, to_constant(module))
     for owner, entry in layers.items():
@@ -103,18 +105,45 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
 
 
 def _run_compact(work: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> Any:
-    """The compact model's outputs; a compact model that cannot run is refused."""
+    """The compact model's outputs; a compact model that cannot run is refused.
+
+    The refusal names the innermost module whose forward failed.
+    """
+    stack: list[str] = []
+    paths = {id(m): p for p, m in work.named_modules()}
+    failed: list[str] = []
+
+    def enter(module: nn.Module, args: Any) -> None:
+        stack.append(paths.get(id(module), "?"))
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in work.modules()]
+    handles += [m.register_forward_hook(leave) for m in work.modules()]  # not on errors
     try:
         with torch.no_grad():
             return work(*inputs)
     except Exception as err:
+        failed.append(stack[-1] if stack else "")
         first = (str(err).strip().splitlines() or [""])[0]
+        where = f" in `{failed[0]}` ({_type_at(work, failed[0])})" if failed[0] else ""
         raise CollapseError(
-            f"Collapse of {name} produced a model that cannot run ({type(err).__name__}: "
+            f"Collapse of {name} produced a model that cannot run ({type(err).__name__}{where}: "
             f"{first}); the model was not modified. An operation between the gates and their "
             "consumers reads channels the engine removed; please report it with the model, or "
             "pass its module path in `exclude=` when augmenting."
         ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _type_at(model: nn.Module, path: str) -> str:
+    try:
+        return type(model.get_submodule(path)).__name__
+    except AttributeError:
+        return "?"
 
 
 def _strip(model: nn.Module) -> None:

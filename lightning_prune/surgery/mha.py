@@ -50,7 +50,7 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     and no zero attention: the configurations the analysis prunes.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: Tensor,
         key: Tensor,

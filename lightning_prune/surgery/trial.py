@@ -17,20 +17,30 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import CollapseError
+from lightning_prune.surgery.gating import ORIGINAL_CLASS
 from lightning_prune.surgery.state import PruneState, gate_modules, require_state
 
 __all__ = ["failing_head_groups"]
 
 
 def _head_groups(state: PruneState) -> dict[int, str]:
-    """Groups holding heads, with the module whose forward splits them."""
+    """Groups to try, with the module whose code must cope with fewer channels.
+
+    Groups holding heads (the module whose forward splits them), groups whose width a
+    module reads (``reshape(B, self.hidden_dim, -1)``) and embedding groups (normalised by a
+    LayerNorm site, see ``embedding="renormalize"``).
+    """
     found: dict[int, str] = {}
     for spec in state.modules.values():
-        if spec.role != "heads":
+        if spec.role == "heads":
+            scope = str(spec.attrs.get("scope", ""))
+        elif spec.role == "norm" and "layer_norm" in spec.attrs:
+            scope = spec.path
+        else:
             continue
         for ref in spec.out_units:
             if ref is not None:
-                found.setdefault(ref[0], str(spec.attrs.get("scope", "")))
+                found.setdefault(ref[0], scope)
     return found
 
 
@@ -69,12 +79,24 @@ def failing_head_groups(model: nn.Module) -> dict[int, str]:
             warnings.simplefilter("ignore")
             if _trial(model, list(heads)) is None:
                 return {}
-            failing: dict[int, str] = {}
+            # one verdict per attention class: its code computes the sizes the same way
+            by_type: dict[str, list[int]] = {}
             for group, scope in heads.items():
-                error = _trial(model, [group])
-                if error is not None:
-                    first = error.strip().splitlines()[0] if error.strip() else error
-                    failing[group] = f"`{scope}`, whose heads collapse cannot remove ({first})"
+                module = model.get_submodule(scope)
+                name = module.__dict__.get(ORIGINAL_CLASS, type(module)).__name__
+                by_type.setdefault(name, []).append(group)
+            failing: dict[int, str] = {}
+            for name, groups in by_type.items():
+                error = _trial(model, groups)
+                if error is None:
+                    continue
+                first = (error.strip().splitlines() or [""])[0]
+                example = heads[groups[0]]
+                reason = (
+                    f"{name} modules (e.g. `{example}`), whose code cannot run with fewer "
+                    f"channels (a trial collapse failed: {first})"
+                )
+                failing.update({group: reason for group in groups})
             return failing
     finally:
         for gate, values in zip(gates, saved):

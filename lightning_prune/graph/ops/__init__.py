@@ -1,7 +1,8 @@
 """The operation table: channel rules by module class, callable, Tensor method and ATen op.
 
 Importing this package registers the built-in rules (:mod:`.pointwise`, :mod:`.tensor`,
-:mod:`.layers`, :mod:`.layout`, :mod:`.attention`). Other packages add their own with :func:`register_op`.
+:mod:`.layers`, :mod:`.layout`, :mod:`.attention`). Other packages add their own with
+:func:`register_op`.
 """
 
 from lightning_prune.graph.ops import attention, layers, layout, pointwise, tensor

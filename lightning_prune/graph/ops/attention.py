@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_prune.graph.ops.table import Call, Op, register_op
 
-__all__ = ["plain_layer_norm"]
+__all__ = ["layer_norm_layout"]
 
 
 @register_op("aten.matmul", "aten.bmm")
@@ -37,27 +37,39 @@ def _sdpa(call: Call) -> Op:
     return Op("attention", [call.operand(x) for x in (q, k, v, mask)], attrs)
 
 
-def plain_layer_norm(module: nn.LayerNorm, shape: Any) -> bool:
-    """Whether ``module`` computes ``F.layer_norm`` over its input's trailing dimensions.
+def layer_norm_layout(module: nn.LayerNorm, shape: Any) -> str | None:
+    """Which dimension ``module`` normalises, checked on a random input of the traced shape.
 
-    ``nn.LayerNorm`` does; a subclass may not (channels-first LayerNorms permute first). A
-    subclass is checked on a random input of the traced ``shape``.
+    ``"last"``: ``F.layer_norm`` over the trailing dimension (``nn.LayerNorm``, and subclasses
+    that compute the same); ``"first"``: over dimension 1 of an NCHW tensor (channels-first
+    LayerNorms); ``None``: neither, or a normalised shape of more than one dimension.
     """
+    if len(module.normalized_shape) != 1 or not isinstance(shape, tuple) or len(shape) < 2:
+        return None
     if type(module).forward is nn.LayerNorm.forward:
-        return True
-    if not isinstance(shape, tuple) or not shape:
-        return False
+        return "last"
     weight = module.weight
     x = torch.randn(shape, device=weight.device if weight is not None else None)
+    args = (module.normalized_shape, module.weight, module.bias, module.eps)
+    candidates = {
+        "last": lambda: F.layer_norm(x, *args),
+        "first": lambda: F.layer_norm(x.movedim(1, -1), *args).movedim(-1, 1),
+    }
     try:
         with torch.no_grad():
             got = module(x)
-            want = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
     except Exception:
-        return False
-    return isinstance(got, torch.Tensor) and got.shape == want.shape and bool(
-        torch.allclose(got, want, atol=1e-5, rtol=1e-4)
-    )
+        return None
+    for layout, compute in candidates.items():
+        try:
+            with torch.no_grad():
+                want = compute()
+        except Exception:
+            continue
+        same = isinstance(got, torch.Tensor) and got.shape == want.shape
+        if same and bool(torch.allclose(got, want, atol=1e-5, rtol=1e-4)):
+            return layout
+    return None
 
 
 def _layer_norm_attrs(module: nn.LayerNorm, call: Call) -> dict[str, Any]:
@@ -65,7 +77,7 @@ def _layer_norm_attrs(module: nn.LayerNorm, call: Call) -> dict[str, Any]:
     return {
         "normalized": len(shape),
         "size": shape[-1] if shape else 1,
-        "plain": plain_layer_norm(module, call.shape),
+        "layout": layer_norm_layout(module, call.shape),
     }
 
 
@@ -82,7 +94,7 @@ def _layer_norm(call: Call) -> Op:
     shape = call.arg(1, "normalized_shape")
     if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) for d in shape):
         return Op("unknown", list(call.values()), {"op": call.op})
-    attrs = {"normalized": len(shape), "size": int(shape[-1]) if shape else 1, "plain": False}
+    attrs = {"normalized": len(shape), "size": int(shape[-1]) if shape else 1, "layout": None}
     return Op("layer_norm", list(call.values()[:1]), attrs)
 
 
@@ -96,13 +108,14 @@ def _mha(call: Call) -> Op:
     module = call.module
     assert isinstance(module, nn.MultiheadAttention)
     qkv = [call.arg(i, name) for i, name in ((0, "query"), (1, "key"), (2, "value"))]
+    inputs: list[str | None]
     if all(call.is_data(x) for x in qkv):
         inputs = [call.operand(x) for x in qkv]
         masks = [call.arg(3, "key_padding_mask"), call.arg(5, "attn_mask")]
         masked = any(m is not None for m in masks)
     else:  # merged ops: one data operand per distinct input
         values = call.values()
-        inputs = (values + [values[-1]] * 3)[:3] if values else []
+        inputs = list((values + [values[-1]] * 3)[:3]) if values else []
         masked = len(values) > 3
     attrs = {
         "num_heads": int(module.num_heads),

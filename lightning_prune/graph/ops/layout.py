@@ -21,10 +21,12 @@ __all__ = ["index_items", "permutation"]
 def permutation(op: str, args: Sequence[object], ndim: int) -> list[int] | None:
     """The permutation of ``permute`` / ``transpose`` / ``swapaxes`` / ``movedim`` / ``t``."""
     if op == "permute":
-        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
-        if not all(isinstance(d, int) for d in dims) or len(dims) != ndim:  # type: ignore[union-attr]
+        first = args[0] if len(args) == 1 else None
+        dims = list(first) if isinstance(first, (list, tuple)) else list(args)
+        ints = [d for d in dims if isinstance(d, int)]
+        if len(ints) != len(dims) or len(ints) != ndim:
             return None
-        return [_norm(int(d), ndim) for d in dims]  # type: ignore[union-attr]
+        return [_norm(d, ndim) for d in ints]
     if op == "t":
         return [1, 0] if ndim == 2 else list(range(ndim))
     if op in ("transpose", "swapaxes", "swapdims") and len(args) >= 2:
@@ -82,9 +84,7 @@ register_op("aten.movedim", "aten.moveaxis")(_permute_rule("movedim"))
 register_op("aten.t")(_permute_rule("t"))
 
 
-@register_op(
-    "aten.unsqueeze", "aten.squeeze", "aten.unflatten", "aten.view_as", "aten.reshape_as"
-)
+@register_op("aten.unsqueeze", "aten.squeeze", "aten.unflatten", "aten.view_as", "aten.reshape_as")
 def _view(call: Call) -> Op:
     """Views that only add, drop, split or merge dimensions: read from the two shapes."""
     return Op("reshape", list(call.values()[:1]))
@@ -155,3 +155,15 @@ def _softmax_module(call: Call) -> Op:
     module = call.module
     assert isinstance(module, (nn.Softmax, nn.LogSoftmax))
     return _softmax_rule(call, module.dim)
+
+
+@register_op("aten.roll")
+def _roll(call: Call) -> Op:
+    """``torch.roll(x, shifts, dims)``: channel-wise unless it rolls the channel dimension."""
+    dims = call.arg(2, "dims")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if not dims or not all(isinstance(d, int) for d in dims):
+        return Op("unknown", list(call.values()), {"op": call.op})
+    ndim = _src_ndim(call)
+    attrs = {"zero_preserving": True, "dims": [_norm(d, ndim) for d in dims]}
+    return Op("pointwise", list(call.values()[:1]), attrs)

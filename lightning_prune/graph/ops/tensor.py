@@ -8,9 +8,9 @@ the torch functions and Tensor methods of the same name share.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch.fx as fx
-from typing import Any
 
 from lightning_prune.graph.ops.layout import index_items
 from lightning_prune.graph.ops.table import Call, Op, Rule, register_op
@@ -64,7 +64,10 @@ def _reshape(call: Call) -> Op:
     if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
         sizes = list(sizes[0])
     computed = [i for i, size in enumerate(sizes) if isinstance(size, fx.Node)]
-    return Op("reshape", list(call.values()[:1]), {"computed": computed} if computed else {})
+    if not computed:  # all sizes known when captured (torch.export): nothing to tell apart
+        return Op("reshape", list(call.values()[:1]))
+    literal = [i for i, size in enumerate(sizes) if isinstance(size, int) and size != -1]
+    return Op("reshape", list(call.values()[:1]), {"computed": computed, "literal": literal})
 
 
 @register_op("aten.flatten")
