@@ -123,8 +123,8 @@ TRANSFORMERS: dict[str, tuple[Builder, tuple[int, ...]]] = {
             "swin_tiny_patch4_window7_224",
             img_size=56,
             embed_dim=16,
-            depths=(2, 2, 2, 2),
-            num_heads=(2, 2, 4, 4),
+            depths=(2, 2),
+            num_heads=(2, 4),
         ),
         (1, 3, 56, 56),
     ),
@@ -135,7 +135,7 @@ TRANSFORMERS: dict[str, tuple[Builder, tuple[int, ...]]] = {
     "tv_swin": (_tv_swin, (1, 3, 32, 32)),
     "tv_convnext": (_tv_convnext, (1, 3, 32, 32)),
     "tv_maxvit": (_tv_maxvit, (1, 3, 32, 32)),
-    "smp_segformer_mit_b0": (_smp("Segformer", "mit_b0"), (1, 3, 64, 64)),
+    "smp_segformer_mit_b0": (_smp("Segformer", "mit_b0"), (1, 3, 32, 32)),
     "smp_unet_convnext": (_smp("Unet", "tu-convnext_tiny", **SMALL_CONVNEXT), (1, 3, 64, 64)),
 }
 

@@ -128,12 +128,14 @@ def _run_compact(work: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -
         failed.append(stack[-1] if stack else "")
         first = (str(err).strip().splitlines() or [""])[0]
         where = f" in `{failed[0]}` ({_type_at(work, failed[0])})" if failed[0] else ""
-        raise CollapseError(
+        refusal = CollapseError(
             f"Collapse of {name} produced a model that cannot run ({type(err).__name__}{where}: "
             f"{first}); the model was not modified. An operation between the gates and their "
             "consumers reads channels the engine removed; please report it with the model, or "
             "pass its module path in `exclude=` when augmenting."
-        ) from err
+        )
+        refusal.failure = f"{type(err).__name__}{where}: {first}"  # type: ignore[attr-defined]
+        raise refusal from err
     finally:
         for handle in handles:
             handle.remove()

@@ -56,8 +56,7 @@ def _trial(model: nn.Module, groups: list[int]) -> str | None:
     try:
         collapse(model)
     except CollapseError as err:
-        cause = err.__cause__
-        return f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        return str(getattr(err, "failure", err))
     return None
 
 
