@@ -256,3 +256,35 @@ def test_renormalized_vit_embedding_is_exact() -> None:
 def test_embedding_mode_is_checked() -> None:
     with pytest.raises(lp.ArgumentError, match="embedding must be one of"):
         lp.augment(Net(Attention()), torch.randn(1, 3, 16, 16), embedding="approximate")
+
+
+def _summary(graph: lp.graph.Graph, embedding: str) -> tuple[list, list]:
+    from lightning_prune.graph.analysis import analyse
+
+    a = analyse(graph, (), embedding)
+    groups = sorted((sorted(p), len(u)) for p, u in zip(a.group_producers, a.groups))
+    modules = sorted(
+        (m.path, m.role, len(m.inputs or []), len(m.outputs or [])) for m in a.modules.values()
+    )
+    return groups, modules
+
+
+FRONT_END_CASES = {
+    "fused": lambda: Net(Attention()),
+    "explicit": lambda: Net(Attention(fused=False)),
+    "rel_pos": lambda: Net(BiasedAttention()),
+    "mha": lambda: Net(MhaBlock(False)),
+    "channels_last": ChannelsLast,
+}
+
+
+@pytest.mark.parametrize("name", list(FRONT_END_CASES))
+@pytest.mark.parametrize("embedding", ["pin", "renormalize"])
+def test_both_front_ends_see_the_same_heads(name: str, embedding: str) -> None:
+    from lightning_prune.graph.export_backend import trace_export
+    from lightning_prune.graph.fx_backend import trace_fx
+
+    model, x = FRONT_END_CASES[name]().eval(), torch.randn(2, 3, 16, 16)
+    fx_summary = _summary(trace_fx(model, (x,)), embedding)
+    assert fx_summary == _summary(trace_export(model, (x,)), embedding)
+    assert fx_summary[0]
