@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from lightning_prune.counting import count_flops, count_params, module_flops
-from lightning_prune.surgery.masks import constant_role, effective_masks, spec_indices
+from lightning_prune.surgery.masks import (
+    constant_role,
+    effective_masks,
+    layer_role,
+    spec_indices,
+)
 from lightning_prune.surgery.state import PruneState, gate_modules, require_state
 
 __all__ = [
@@ -152,7 +157,7 @@ def hard_cost(model: nn.Module, kind: CostKind = "flops") -> float:
             else len(in_idx) / len(in_flat)
         )
         dense = spec.flops if kind == "flops" else spec.weight_params + spec.bias_params
-        if constant_role(spec.role, in_idx, out_idx, kept, dead, in_flat, out_flat):
+        if constant_role(layer_role(spec), in_idx, out_idx, kept, dead, in_flat, out_flat):
             now = 0.0 if kind == "flops" else float(len(out_idx))  # ConstantLayer.value
         elif kind == "flops":
             now = spec.flops * f_in * f_out

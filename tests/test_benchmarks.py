@@ -60,7 +60,7 @@ def make_camvid_tree(root: Path, n: int = 3, size: tuple[int, int] = (48, 64)) -
 def test_profiles_are_consistent():
     import dataclasses
 
-    assert set(PROFILES) == {"smoke", "cpu", "full"}
+    assert set(PROFILES) == {"smoke", "cpu", "full", "cpu_vit"}
     for profile in PROFILES.values():
         for task in ("classification", "segmentation"):
             tp = profile.task(task)
@@ -80,10 +80,31 @@ def test_profiles_are_consistent():
         assert tp.prune_epochs == tp.extra_epochs // 2
     assert PROFILES["full"].classification.model == "cifar_resnet56"
     assert PROFILES["full"].segmentation.dataset == "cityscapes"
+    assert "tp_vit" in PROFILES["cpu_vit"].classification.methods
     with pytest.raises(ValueError, match="prune_epochs"):
         TaskProfile(dataset="cifar10", model="cifar_resnet20", extra_epochs=1, prune_epochs=2)
     with pytest.raises(ValueError, match="seeds"):
         Profile("x", cpu.classification, cpu.segmentation, seeds=(1, 1))
+
+
+def test_torch_pruning_vit_recipe_reaches_a_flops_target() -> None:
+    """tp_vit's one-shot search: heads and widths pruned, num_heads set, FLOPs at the target."""
+    pytest.importorskip("torch_pruning")
+    import torch
+
+    import lightning_prune as lp
+    from benchmarks.compare.methods.torch_pruning import vit_search
+    from lightning_prune.models import build_model
+
+    net = build_model(
+        "timm:vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=2
+    )
+    x = torch.randn(1, 3, 32, 32)
+    dense = lp.count_flops(net, x)
+    pruned, ratio = vit_search(net, x, 0.5 * dense, rounds=6)
+    assert 0.4 * dense <= lp.count_flops(pruned, x) <= 0.5 * dense and 0 < ratio < 0.95
+    assert pruned.blocks[0].attn.num_heads < 3
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_methods_resolve_aliases_and_order():

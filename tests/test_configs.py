@@ -55,6 +55,16 @@ EXPECTED = {
         5e-4,
         160,
     ),
+    "cifar10_vit.yaml": (
+        "ClassificationModule",
+        "VisionTransformer",
+        "CIFAR10DataModule",
+        10,
+        torch.optim.AdamW,
+        1e-3,
+        0.05,
+        200,
+    ),
     "imagenet_resnet50.yaml": (
         "ClassificationModule",
         "ResNet",

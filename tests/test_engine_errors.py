@@ -154,7 +154,7 @@ def test_collapse_refuses_a_compact_model_that_cannot_run(monkeypatch: pytest.Mo
     with pytest.raises(lp.CollapseError) as info:
         lp.collapse(model)
     assert str(info.value).startswith(
-        "Collapse of ResNet produced a model that cannot run (RuntimeError: "
+        "Collapse of ResNet produced a model that cannot run (RuntimeError in `fc` (Linear): "
     )
     assert str(info.value).endswith(
         "the model was not modified. An operation between the gates and their consumers reads "

@@ -259,7 +259,9 @@ def test_per_channel_parameters_are_sliced() -> None:
     _round_trips(LayerScale, compact)
 
 
-def test_a_parameter_with_values_on_two_axes_is_left_alone() -> None:
+def test_a_parameter_with_values_on_two_axes_is_sliced_along_the_channels() -> None:
+    """A value per channel and row: the parameter layouts (``graph.constants``) slice dim 0."""
+
     class Grid(LayerScale):
         def __init__(self) -> None:
             super().__init__()
@@ -269,8 +271,16 @@ def test_a_parameter_with_values_on_two_axes_is_left_alone() -> None:
             x = self.stem(x)
             return self.head(x + self.proj(self.act(self.bn(self.conv(x)))) * self.gamma)
 
-    with pytest.warns(UserWarning, match="`stem.0`.* reach `operator.mul`"):
-        lp.augment(Grid().eval(), X)
+    torch.manual_seed(0)
+    model = Grid().eval()
+    random_masks(_augment(model), seed=1, closed_every=0)
+    groups = {g.name: g for g in lp.get_groups(model)}
+    assert "gamma" in groups["stem_0"].modules
+    compact = lp.collapse(model)
+    kept = int(groups["stem_0"].gate.hard_mask().sum())
+    assert compact.gamma.shape == (kept, 16, 1) and kept < 8
+    with torch.no_grad():
+        assert max_rel_err(model(X), compact(X)) <= 1e-5
 
 
 class NormFree(nn.Module):

@@ -89,7 +89,7 @@ class Constants(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a = cbr(3, 8)
-        self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)  # per channel: sliced
+        self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)  # per channel: sliced with them
         self.b = cbr(8, 8)
         self.shift = nn.Parameter(torch.tensor(0.1))  # one value: taints
         self.c = cbr(8, 8)
@@ -220,6 +220,8 @@ def test_constant_operands_slices_and_chunks() -> None:
         assert max_rel_err(gated, compact(fresh)) <= 1e-5
     assert compact.d[0].out_channels == 2 * int(groups["d_0"].gate.hard_mask().sum())
     assert compact.gamma.shape[0] == int(groups["a_0"].gate.hard_mask().sum())
+    assert compact.gamma.shape == (compact.a[0].out_channels, 1, 1)
+    assert lp.channel_plan(compact)["layers"]["gamma"]["type"] == "Parameter"  # sliced
     kept_f = groups["f_0"].gate.hard_mask()
     assert lp.channel_plan(compact)["calls"][""] == [
         [["slice", 1, 0, 6, 1], [0, int(kept_f[:6].sum())]]  # [:, :6] of the kept channels

@@ -271,7 +271,23 @@ FULL = Profile(
     latency_repeats=5,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, FULL)}
+#: Item 4 of issue 13: a small ViT on CIFAR-10 (cpu-sized), lightning_prune's defaults (heads and
+#: MLP widths) vs Torch-Pruning's ViT recipe at equal FLOPs; run with ``--task classification``
+#: and ``--seed`` 0, 1, 2. Not run yet: no numbers in ``results/``.
+VIT = dataclasses.replace(
+    CPU,
+    name="cpu_vit",
+    classification=dataclasses.replace(
+        CPU.classification,
+        model="timm:vit_tiny_patch16_224",
+        model_kwargs={"img_size": 32, "patch_size": 4, "depth": 6},
+        targets=(0.5, 0.75),
+        methods=("dense", "lp_sigmoid", "lp_hard_concrete", "tp_vit"),
+    ),
+    description="CIFAR-10 ViT (6 blocks, width 192, 3 heads), 10k images; issue 13's row",
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, FULL, VIT)}
 
 
 def get_profile(name: str) -> Profile:

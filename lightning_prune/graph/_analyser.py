@@ -8,11 +8,11 @@ handlers it inherits (:mod:`._tensor_ops`, :mod:`._split_ops`, :mod:`._param_ops
 from __future__ import annotations
 
 from lightning_prune.graph._param_ops import _ParamOps
-from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, _Val
+from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, _norm_dim, _Val
 from lightning_prune.graph.ir import OpNode
 
 #: Kinds whose exclusion the handler applies itself (the rest are opaque when excluded).
-_LAYER_KINDS = ("input", "output", "ignore", "conv", "linear", "norm")
+_LAYER_KINDS = ("input", "output", "ignore", "conv", "linear", "norm", "layer_norm", "mha")
 
 
 class _Analyser(_ParamOps):
@@ -31,12 +31,19 @@ class _Analyser(_ParamOps):
             if handler is None:  # pragma: no cover - every kind has a handler
                 raise RuntimeError(f"no handler for {node.kind}")
             handler(node)
+        self._resolve_splits()
         # modules whose output goes anywhere but a norm need their own gate site
         for node in self.graph.nodes:
             if node.kind in ("conv", "linear", "source") and node.module in self.modules:
                 users = self.users.get(node.name, [])
-                if len(users) != 1 or users[0].kind != "norm":
+                if len(users) != 1 or not self._norm_site(users[0]):
                     self.modules[node.module].feeds_norm_only = False
+
+    def _norm_site(self, node: OpNode) -> bool:
+        """Whether ``node`` is a norm that gates its output (so its input needs no gate)."""
+        if node.kind == "layer_norm":
+            return node.module in self.modules and self.modules[node.module].role == "norm"
+        return node.kind == "norm"
 
     def _op_input(self, node: OpNode) -> None:
         self.vals[node.name] = self._fresh(node.shape, "model input")
@@ -52,23 +59,43 @@ class _Analyser(_ParamOps):
 
     def _op_pointwise(self, node: OpNode) -> None:
         v = self._val(self._first(node))
-        if v is None or not isinstance(node.shape, tuple) or len(node.shape) < 2:
+        shape, src = node.shape, self.graph_shape(self._first(node))
+        if v is None or not isinstance(shape, tuple) or len(shape) < 2:
             self._unknown(node) if v is not None else self._op_ignore(node)
             return
-        if node.shape[1] != len(v.elems):
+        if not isinstance(src, tuple) or len(src) != len(shape) or not self._spans(v, shape):
+            self._unknown(node)
+            return
+        touched = node.attrs.get("dims")  # dims a padding / roll changes (None: any but C)
+        if touched is not None:
+            if any(_norm_dim(int(d), len(shape)) in v.axes for d in touched):
+                self._unknown(node)
+                return
+        elif src != shape and v.axes != (1,):  # pools, resampling: NCHW layers
+            self._unknown(node)
+            return
+        dim = node.attrs.get("dim")  # softmax: mixes the values along ``dim``
+        if dim is not None and _norm_dim(int(dim), len(shape)) in v.axes:
             self._unknown(node)
             return
         taint: list[str | None] = (
             v.taint if node.attrs.get("zero_preserving", True) else [node.where] * len(v.elems)
         )
-        self.vals[node.name] = _Val(v.elems, taint)
+        self.vals[node.name] = _Val(v.elems, taint, v.axes, v.dims)
 
     def _op_conv(self, node: OpNode) -> None:
         v = self._val(self._first(node))
         path = node.module or node.name
         a = node.attrs
-        if v is None or len(v.elems) != a["in_channels"]:
+        if v is None:
             return self._unknown(node)
+        if len(v.elems) != a["in_channels"] or v.axes != (1,):
+            # channels the analysis does not follow (moved by a layout op it lost track of):
+            # they stay, the layer's outputs can still be gated
+            self.uf.pin(v.elems, node.where)
+            v = self._fresh(self.graph_shape(self._first(node)), node.where)
+            if v is None or len(v.elems) != a["in_channels"]:
+                return self._unknown(node)
         if a.get("fixed_inputs"):  # a conv whose inputs cannot be sliced
             self.uf.pin(v.elems, a["fixed_inputs"])
         for extra in node.inputs[1:]:  # other operands (a conditional conv's routing weights)
@@ -100,9 +127,10 @@ class _Analyser(_ParamOps):
         m.inputs = self._merge(m.inputs, v.elems)
         wi, wo = a["in_channels"] // groups, a["out_channels"] // groups
         # with a bias and no norm right after, its output is a gate site (closed channels are
-        # zeroed after the bias); behind a norm, the norm is
+        # zeroed after the bias: Mix-FFN's fc1 -> dwconv -> act -> fc2); behind a norm, the
+        # norm is
         users = self.users.get(node.name, [])
-        site = bool(a.get("bias")) and not (len(users) == 1 and users[0].kind == "norm")
+        site = bool(a.get("bias")) and not (len(users) == 1 and self._norm_site(users[0]))
         taint: list[str | None] = []
         for b in range(groups):
             block = m.inputs[b * wi : (b + 1) * wi] + m.outputs[b * wo : (b + 1) * wo]
@@ -119,19 +147,36 @@ class _Analyser(_ParamOps):
         return not bad
 
     def _op_linear(self, node: OpNode) -> None:
+        """A linear layer: over the last dimension of its input (tokens, channels-last)."""
         v = self._val(self._first(node))
         shape = node.shape
-        if v is None or not isinstance(shape, tuple) or len(shape) != 2:
+        if not isinstance(shape, tuple) or len(shape) < 2:
             return self._unknown(node)
-        if len(v.elems) != node.attrs["in_channels"]:
-            return self._unknown(node)
-        self._op_conv(node)
+        last = len(shape) - 1
+        if v is None or v.axes != (last,) or len(v.elems) != node.attrs["in_channels"]:
+            # inputs the analysis does not follow: they stay, its outputs can still be gated
+            if v is not None:
+                self.uf.pin(v.elems, node.where)
+            v = self._fresh(self.graph_shape(self._first(node)), node.where, -1)
+            if v is None or len(v.elems) != node.attrs["in_channels"]:
+                return self._unknown(node)
+        path = node.module or node.name
+        excluded = self._excluded(path)
+        m = self._register(path, "conv", node.where.split(" ")[0])
+        if m.outputs is None:
+            m.outputs = self.uf.new(node.attrs["out_channels"])
+        if excluded:
+            self.uf.pin(v.elems, _EXCLUDED)
+            self.uf.pin(m.outputs, _EXCLUDED)
+        m.inputs = self._merge(m.inputs, v.elems)
+        self._consumer_taint(node, v)
+        self.vals[node.name] = _Val(m.outputs, [None] * len(m.outputs), (last,))
         return None
 
     def _op_norm(self, node: OpNode) -> None:
         v = self._val(self._first(node))
         path = node.module or node.name
-        if v is None:
+        if v is None or v.axes != (1,):
             return self._unknown(node)
         if self._excluded(path):
             self.uf.pin(v.elems, _EXCLUDED)
@@ -154,4 +199,6 @@ class _Analyser(_ParamOps):
         m = self._register(path, "source", node.where.split(" ")[0])
         if m.outputs is None:
             m.outputs = self.uf.new(int(node.attrs["out_channels"]))
-        self.vals[node.name] = _Val(m.outputs, [None] * len(m.outputs))
+        ndim = len(node.shape) if isinstance(node.shape, tuple) else 2
+        axis = int(node.attrs.get("axis", 1)) % ndim
+        self.vals[node.name] = _Val(m.outputs, [None] * len(m.outputs), (axis,))

@@ -8,6 +8,8 @@ more than once.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning_prune.graph.channels import ModuleChannels, _UnionFind, _Val
 from lightning_prune.graph.exclude import matches
 from lightning_prune.graph.ir import Graph, OpNode
@@ -24,7 +26,11 @@ class _AnalyserBase:
         self.modules: dict[str, ModuleChannels] = {}
         self.users: dict[str, list[OpNode]] = {}
         self.shapes = {n.name: n.shape for n in graph.nodes}
+        self.by_name = {n.name: n for n in graph.nodes}
         self.stacked: set[str] = set()  # values whose channel axis moved to 2 by stack(dim=0)
+        #: reshapes that split channels into several dimensions (or merged them back), with
+        #: the element ids along those dimensions: collapse may shrink one of them only
+        self.splits: list[tuple[OpNode, Any]] = []
         for node in graph.nodes:
             for i in node.inputs:
                 if i is not None:
@@ -41,13 +47,14 @@ class _AnalyserBase:
         """The node's first input (its data operand), if any."""
         return node.inputs[0] if node.inputs else None
 
-    def _fresh(self, shape: object, reason: str | None) -> _Val | None:
+    def _fresh(self, shape: object, reason: str | None, axis: int = 1) -> _Val | None:
         if not isinstance(shape, tuple) or len(shape) < 2:
             return None
-        elems = self.uf.new(shape[1])
+        axis = axis % len(shape)
+        elems = self.uf.new(shape[axis])
         if reason:
             self.uf.pin(elems, reason)
-        return _Val(elems, [None] * shape[1])
+        return _Val(elems, [None] * shape[axis], (axis,))
 
     def _pin_inputs(self, node: OpNode, reason: str) -> None:
         for name in node.inputs:
@@ -62,7 +69,16 @@ class _AnalyserBase:
         if isinstance(node.shape, list):
             self.vals[node.name] = [self._fresh(s, reason) for s in node.shape]
         else:
-            self.vals[node.name] = self._fresh(node.shape, reason)
+            self.vals[node.name] = self._fresh(node.shape, reason, self._likely_axis(node))
+
+    def _likely_axis(self, node: OpNode) -> int:
+        """Channel dimension for a fresh output: its input's when the layout is kept, else 1."""
+        v = self._val(self._first(node))
+        src = self.graph_shape(self._first(node))
+        kept = isinstance(src, tuple) and isinstance(node.shape, tuple)
+        if v is not None and v.axis is not None and kept and len(node.shape) == len(src):  # type: ignore[arg-type]
+            return v.axis
+        return 1
 
     def _excluded(self, path: str) -> bool:
         return matches(path, self.exclude)

@@ -2,11 +2,15 @@
 
 A parameter (or buffer) with one value per channel that multiplies, divides, shifts or
 activates a tensor (``x * gamma`` with ``gamma`` shaped ``(C, 1, 1)``, ``x + bias``,
-``F.prelu(x, weight)``) follows the channels it meets: it is recorded as a ``"param"`` (a
+``F.prelu(x, weight)``) follows the channels it meets: it is recorded as a ``"tensor"`` (a
 tensor) or ``"channels"`` (a module's per-channel weights) entry of the module map, and
 collapse slices it with them. It may be read through element-wise maps and reshapes
 (``gamma.view(1, -1, 1, 1)``, ``scale.exp()``): each keeps the order of its values. A
 parameter whose values do not all lie along one axis is left alone (its channels are pinned).
+
+Parameters met along other layouts (channels-last, heads of attention logits, through views,
+permutes and indexing) are the ``"param"`` role of :mod:`._layout_ops`
+(``_per_channel_constant``); a parameter keeps the role it was first recorded with.
 """
 
 from __future__ import annotations
@@ -65,15 +69,18 @@ class _ParamOps(_SplitOps):
             param = self._per_channel(name, width, len(shape))
             if param is None:
                 return False
+            known = self.modules.get(param)
+            if known is not None and known.role != "tensor":
+                return False  # recorded along another layout (see _per_channel_constant)
             params.append(param)
         for param in params:
-            self._follow(param, "param", "Parameter", v)
+            self._follow(param, "tensor", "Parameter", v)
         return True
 
     def _follow(self, path: str, role: str, type_name: str, v: _Val) -> None:
         m = self._register(path, role, type_name)
         m.inputs = self._merge(m.inputs, v.elems)
-        if self._excluded(path.rsplit(".", 1)[0] if role == "param" else path):
+        if self._excluded(path.rsplit(".", 1)[0] if role == "tensor" else path):
             self.uf.pin(v.elems, _EXCLUDED)
 
     def _op_channelwise(self, node: OpNode) -> None:

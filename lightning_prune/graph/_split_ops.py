@@ -56,9 +56,11 @@ class _SplitOps(_TensorOps):
             return self._unknown(node) if v is not None else self._op_ignore(node)
         a = node.attrs
         dim = _norm_dim(int(a.get("dim", 1)), len(src))
-        if dim != 1:
+        if dim == 0 or v.axis != dim:
+            # the batch, a dimension other than the channels' or one of several channel
+            # dimensions (a head's width): see _TensorOps._op_slice
             self._record(node, key, None, [])
-            return self._unknown(node) if dim == 0 else self._keep(node, v)
+            return super()._op_slice(node)
         positions = range(len(v.elems))[slice(a.get("start"), a.get("stop"), a.get("step"))]
         if key is None:  # a full slice whatever the width: nothing to rewrite
             return self._keep(node, v)
@@ -67,7 +69,7 @@ class _SplitOps(_TensorOps):
             return self._unknown(node)
         lo, hi = positions.start, positions.stop
         self._record(node, key, v, [(lo, hi)])
-        self.vals[node.name] = _Val(v.elems[lo:hi], v.taint[lo:hi])
+        self.vals[node.name] = _Val(v.elems[lo:hi], v.taint[lo:hi], v.axes)
         return None
 
     def _keep(self, node: OpNode, v: _Val) -> None:
@@ -86,13 +88,12 @@ class _SplitOps(_TensorOps):
             self.vals[node.name] = [v] + [None] * (len(shapes) - 1)
             return None
         dim = _norm_dim(int(a.get("dim", 0)), len(src))
-        if dim != 1:
+        if dim == 0 or v.axis != dim or a.get("unbind"):
+            # the batch, another dimension, one of several channel dimensions (the query, key
+            # and value of a head) or an unbind: see _TensorOps._op_split
             self._record(node, key, None, [])
-            if dim == 0:
-                return self._unknown(node)
-            self.vals[node.name] = [v for _ in shapes]
-            return None
-        widths = [s[1] if s else 0 for s in shapes]
+            return super()._op_split(node)
+        widths = [s[dim] if s and len(s) > dim else 0 for s in shapes]
         if a.get("chunks"):
             return self._chunk(node, v, widths)
         if key is None or self._repeated(node.scope) or sum(widths) != len(v.elems):
@@ -103,7 +104,7 @@ class _SplitOps(_TensorOps):
             spans.append((start, start + w))
             start += w
         self._record(node, key, v, spans)
-        self.vals[node.name] = [_Val(v.elems[lo:hi], v.taint[lo:hi]) for lo, hi in spans]
+        self.vals[node.name] = [_Val(v.elems[lo:hi], v.taint[lo:hi], v.axes) for lo, hi in spans]
         return None
 
     def _chunk(self, node: OpNode, v: _Val, widths: list[int]) -> None:
@@ -115,7 +116,7 @@ class _SplitOps(_TensorOps):
             for j in range(w):
                 self.uf.union(v.elems[j], v.elems[k * w + j])
         self.vals[node.name] = [
-            _Val(v.elems[k * w : (k + 1) * w], v.taint[k * w : (k + 1) * w])
+            _Val(v.elems[k * w : (k + 1) * w], v.taint[k * w : (k + 1) * w], v.axes)
             for k in range(len(widths))
         ]
         return None

@@ -15,28 +15,45 @@ private ``_analyser`` / ``_tensor_ops`` modules; this module forms the gate grou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from lightning_prune.graph._analyser import _Analyser
+from lightning_prune.graph._layout_ops import EMBEDDING_MODES
 from lightning_prune.graph.channels import _EXCLUDED, _OUTPUT, ChannelAnalysis, _UnionFind
 from lightning_prune.graph.channels import ModuleChannels as ModuleChannels
 from lightning_prune.graph.channels import _norm_dim as _norm_dim
 from lightning_prune.graph.channels import _Val as _Val
 from lightning_prune.graph.ir import Graph
 
+__all__ = ["EMBEDDING_MODES", "ChannelAnalysis", "ModuleChannels", "analyse"]
 
-def analyse(graph: Graph, exclude: tuple[str, ...] = ()) -> ChannelAnalysis:
+
+def analyse(
+    graph: Graph,
+    exclude: tuple[str, ...] = (),
+    embedding: str = "pin",
+    pins: Mapping[str, str] | None = None,
+) -> ChannelAnalysis:
     """Run the channel analysis and form gate groups.
 
     Args:
         graph: the traced model.
         exclude: module path patterns (``fnmatch``; a prefix matches its submodules) whose
             channels must never be pruned.
+        embedding: channels normalised by a LayerNorm: ``"pin"`` (kept) or ``"renormalize"``
+            (prunable; the LayerNorm becomes a gate site with statistics over kept channels).
+        pins: producers whose output channels must be kept, with the reason.
 
     Returns:
         The analysis with its groups; ``ungated`` maps each reason a unit was pinned (other than
         model outputs, inputs and exclusions) to the producers of the groups it disabled.
     """
     an = _Analyser(graph, exclude)
+    an.embedding = embedding
     an.run()
+    for path, reason in (pins or {}).items():
+        if path in an.modules:
+            an.uf.pin(an.modules[path].outputs or [], reason)
     result = ChannelAnalysis(uf=an.uf, modules=an.modules, calls=an.sized_calls)
     uf = an.uf
     # groups: union of units that appear together in one producer's output

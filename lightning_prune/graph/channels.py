@@ -9,6 +9,7 @@ of one tensor, :class:`ModuleChannels` how one module's weights are indexed by e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lightning_prune.graph.channel_args import SizedCall
 
@@ -54,10 +55,31 @@ class _UnionFind:
 
 @dataclass
 class _Val:
-    """Channel map of a tensor: an element per channel, and why a channel is not zero-safe."""
+    """Channel map of a tensor: an element per channel, and why a channel is not zero-safe.
+
+    The channels lie along ``axes`` (tensor dimensions; ``(1,)`` for NCHW tensors, the last
+    dimension for token / channels-last tensors). A value whose channels were split over
+    several dimensions (the heads and head width of attention) has one element per
+    combination, row-major over ``axes`` in the order listed, ``dims`` giving their sizes.
+    """
 
     elems: list[int]
     taint: list[str | None]
+    axes: tuple[int, ...] = (1,)
+    dims: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.dims:
+            self.dims = (len(self.elems),)
+
+    @property
+    def axis(self) -> int | None:
+        """The channel dimension of a single-axis value (``None`` when split over several)."""
+        return self.axes[0] if len(self.axes) == 1 else None
+
+    def moved(self, axes: tuple[int, ...], dims: tuple[int, ...] | None = None) -> _Val:
+        """The same channels along other tensor dimensions."""
+        return _Val(self.elems, self.taint, axes, dims or self.dims)
 
 
 @dataclass
@@ -72,6 +94,9 @@ class ModuleChannels:
     inputs: list[int] | None = None
     outputs: list[int] | None = None
     feeds_norm_only: bool = True
+    #: role-specific details (``"param"``: the parameter's name and channel axis; ``"op"``:
+    #: FLOPs of the operation; ``"heads"``: sizes of the split)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_prune.graph.frontend import (
     CaptureError,
+    annotate_constants,
     constant_node,
     is_leaf,
     op_node,
@@ -201,6 +202,7 @@ def trace_export(
     ep = capture_export(model, example_inputs)
     converter = _Converter(ep, model, exclude)
     nodes = [op for n in converter.nodes for op in converter.convert(n)]
+    annotate_constants(nodes, converter.nodes, converter.constants, converter.shapes)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(*example_inputs)

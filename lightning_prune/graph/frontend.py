@@ -15,17 +15,27 @@ Both front-ends treat the same modules as single operations (:func:`is_leaf`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
+from lightning_prune.graph.constants import constant_layouts
 from lightning_prune.graph.exclude import matches
 from lightning_prune.graph.ir import OpNode, Shape
 from lightning_prune.graph.ops import OPS, Call, Op, Rule
 
-__all__ = ["CaptureError", "constant_node", "is_leaf", "op_node", "own_tensors", "shape_of"]
+__all__ = [
+    "CaptureError",
+    "annotate_constants",
+    "constant_node",
+    "is_leaf",
+    "op_node",
+    "own_tensors",
+    "shape_of",
+]
 
 
 class CaptureError(Exception):
@@ -138,3 +148,20 @@ def op_node(
         scope=scope,
         scope_call=scope_call,
     )
+
+
+def annotate_constants(
+    ops: list[OpNode],
+    nodes: Iterable[fx.Node],
+    constants: Mapping[str, str],
+    shapes: Mapping[str, Any],
+) -> list[OpNode]:
+    """Record in ``attrs["const"]`` the parameter layout of every constant node of ``ops``.
+
+    See :mod:`~lightning_prune.graph.constants`.
+    """
+    layouts = constant_layouts(nodes, constants, shapes)
+    for op in ops:
+        if op.name in layouts:
+            op.attrs["const"] = layouts[op.name]
+    return ops

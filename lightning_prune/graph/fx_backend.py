@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_prune.graph.channel_args import reset_all, rewrite_call
 from lightning_prune.graph.frontend import (
     CaptureError,
+    annotate_constants,
     constant_node,
     is_leaf,
     op_node,
@@ -191,4 +192,5 @@ def trace_fx(
     gm, flops = capture_fx(model, example_inputs, exclude)
     converter = _Converter(gm, model)
     nodes = [converter.convert(n) for n in gm.graph.nodes]
+    annotate_constants(nodes, gm.graph.nodes, converter.constants, converter.shapes)
     return Graph(nodes=nodes, backend="fx", total_flops=flops)

@@ -15,14 +15,17 @@ class OpNode:
     Attributes:
         name: unique node name.
         kind: the channel rule of the analyser that reads it (``"conv"``, ``"linear"``,
-            ``"norm"``, ``"source"``, ``"pointwise"``, ``"binary"``, ``"cat"``, ``"stack"``,
-            ``"reshape"``, ``"reduce"``, ``"slice"``, ``"split"``, ``"getitem"``, ``"input"``,
-            ``"output"``, ``"constant"``, ``"channelwise"``, ``"ignore"`` or ``"unknown"``), as
-            the operation table's rule for the captured operation says (see
-            :mod:`lightning_prune.graph.ops`).
+            ``"norm"``, ``"layer_norm"``, ``"source"``, ``"pointwise"``, ``"binary"``,
+            ``"cat"``, ``"stack"``, ``"reshape"``, ``"permute"``, ``"expand"``, ``"index"``,
+            ``"reduce"``, ``"slice"``, ``"split"``, ``"getitem"``, ``"matmul"``,
+            ``"attention"``, ``"mha"``, ``"input"``, ``"output"``, ``"constant"``,
+            ``"channelwise"``, ``"ignore"`` or ``"unknown"``), as the operation table's rule
+            for the captured operation says (see :mod:`lightning_prune.graph.ops`).
         inputs: names of the tensor-valued inputs, in the op's argument order (``None`` stands
             for a non-tensor operand of a binary op).
-        attrs: kind-specific attributes (``dim``, ``chunks``, ``op``, ``zero_preserving``, ...).
+        attrs: kind-specific attributes (``dim``, ``chunks``, ``op``, ``zero_preserving``, ...;
+            ``const``: the :class:`~lightning_prune.graph.constants.ConstantLayout` of a tensor
+            computed from one parameter).
         shape: output shape for a tensor, a list of shapes for a tuple output, else ``None``.
         module: the ``nn.Module`` path for module calls (conv, linear, norm), else ``None``.
         where: a human-readable location for messages (operation and module path).

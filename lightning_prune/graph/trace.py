@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +107,9 @@ def trace_channels(
     model: nn.Module,
     example_inputs: ExampleInputs,
     exclude: str | Sequence[str] = (),
+    *,
+    embedding: str = "pin",
+    pins: Mapping[str, str] | None = None,
 ) -> ChannelTrace:
     """Find the channel groups of ``model``: producer channels that must be pruned together.
 
@@ -118,6 +121,9 @@ def trace_channels(
         example_inputs: a Tensor or tuple of Tensors shaped like a real batch.
         exclude: module path patterns whose channels are never pruned; each must match a
             module.
+        embedding: channels normalised by a LayerNorm: ``"pin"`` or ``"renormalize"`` (see
+            :func:`~lightning_prune.graph.analysis.analyse`).
+        pins: producers whose output channels are kept, with the reason.
 
     Returns:
         A :class:`ChannelTrace` with the graph and the groups.
@@ -143,13 +149,16 @@ def trace_channels(
         graph = capture(model, inputs, patterns)
     finally:
         model.train(was_training)
-    analysis = analyse(graph, patterns)
-    _warn_ungated(analysis)
+    analysis = analyse(graph, patterns, embedding, pins)
+    warn_ungated(analysis)
     return ChannelTrace(graph, analysis)
 
 
-def _warn_ungated(analysis: ChannelAnalysis) -> None:
+def warn_ungated(analysis: ChannelAnalysis, reasons: set[str] | None = None) -> None:
+    """Warn about the groups left ungated (only those pinned for ``reasons``, if given)."""
     for reason, producers in sorted(analysis.ungated.items()):
+        if reasons is not None and reason not in reasons:
+            continue
         names = ", ".join(f"`{p}`" for p in sorted(producers)[:4])
         more = f" and {len(producers) - 4} more" if len(producers) > 4 else ""
         warnings.warn(

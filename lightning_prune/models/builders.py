@@ -7,7 +7,9 @@ Three kinds of names are understood:
 * ``"torchvision:<name>"``: any torchvision classification model, e.g.
   ``"torchvision:resnet50"``, built with ``weights=None``;
 * ``"smp:<Arch>"``: any segmentation-models-pytorch architecture, e.g. ``"smp:Unet"``, built
-  with ``encoder_weights=None`` unless weights are asked for explicitly.
+  with ``encoder_weights=None`` unless weights are asked for explicitly;
+* ``"timm:<name>"``: any timm model, e.g. ``"timm:vit_tiny_patch16_224"`` (a ViT, Swin,
+  ConvNeXt, EfficientFormer, MaxViT ...), built with ``pretrained=False``.
 
 The part before the colon is looked up in :data:`MODEL_FAMILIES`, so new families plug in the
 same way. Pretrained weights are never downloaded implicitly: this package is meant to run
@@ -208,3 +210,28 @@ def _smp_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
             raise
         encoder = kwargs.get("encoder_name", "resnet34")
         raise _offline_error(f"smp:{arch} encoder {encoder!r}", weights, error) from error
+
+
+@register_model_family("timm")
+def _timm_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Any timm model (``timm:vit_tiny_patch16_224``), ``pretrained=False`` unless given.
+
+    Keyword arguments go to ``timm.create_model`` (``img_size=32``, ``patch_size=4``,
+    ``depth=6``, ``drop_path_rate=0.1``).
+    """
+    import timm
+
+    if not timm.list_models(arch):
+        raise UnknownModelError(
+            f"Unknown timm model {arch!r}; see timm.list_models() for the names."
+        )
+    pretrained = bool(kwargs.pop("pretrained", False))
+    try:
+        model: nn.Module = timm.create_model(
+            arch, pretrained=pretrained, num_classes=num_classes, **kwargs
+        )
+    except OSError as error:
+        if not pretrained:
+            raise
+        raise _offline_error(f"timm model {arch!r}", "pretrained", error) from error
+    return model

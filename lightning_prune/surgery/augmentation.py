@@ -9,17 +9,27 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from lightning_prune.counting import count_flops, count_params
-from lightning_prune.errors import NothingToPruneError, PruningError
+from lightning_prune.counting import count_flops, count_params, module_flops
+from lightning_prune.errors import ArgumentError, NothingToPruneError, PruningError
 from lightning_prune.gates.base import ChannelGate
 from lightning_prune.gates.registry import get_gate_class
-from lightning_prune.graph.analysis import ChannelAnalysis, ModuleChannels
+from lightning_prune.graph.analysis import EMBEDDING_MODES, ChannelAnalysis, ModuleChannels, analyse
 from lightning_prune.graph.connectivity import critical_groups
 from lightning_prune.graph.ir import Graph
-from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels
+from lightning_prune.graph.trace import ExampleInputs, as_input_tuple, trace_channels, warn_ungated
+from lightning_prune.graph.validate import check_exclude
 from lightning_prune.surgery.arguments import check_augment_root, check_gate_kwargs, make_gates
-from lightning_prune.surgery.gating import ResetSamples, Segment, attach_site, prepare_root
+from lightning_prune.surgery.attention import refresh_op_flops
+from lightning_prune.surgery.gating import (
+    ResetSamples,
+    Segment,
+    attach_site,
+    prepare_root,
+    switched_classes,
+)
+from lightning_prune.surgery.norm import AXIS_ATTR
 from lightning_prune.surgery.params import get_tensor
+from lightning_prune.surgery.roles import SPEC_BUILDERS
 from lightning_prune.surgery.state import (
     GATES_ATTR,
     STATE_ATTR,
@@ -31,7 +41,9 @@ from lightning_prune.surgery.state import (
     UnitRef,
     gate_modules,
     get_state,
+    strip_gates,
 )
+from lightning_prune.surgery.trial import failing_head_groups
 
 
 def _group_names(analysis: ChannelAnalysis) -> list[str]:
@@ -95,8 +107,9 @@ def _segments(
 
 
 def _params(module: nn.Module) -> tuple[int, int]:
-    w = getattr(module, "weight", None)
-    b = getattr(module, "bias", None)
+    packed = isinstance(module, nn.MultiheadAttention)  # its input projection
+    w = getattr(module, "in_proj_weight" if packed else "weight", None)
+    b = getattr(module, "in_proj_bias" if packed else "bias", None)
     wn = w.numel() if isinstance(w, torch.Tensor) else 0
     bn = b.numel() if isinstance(b, torch.Tensor) else 0
     return wn, bn
@@ -108,18 +121,30 @@ def _spec(
     pos: dict[int, tuple[int, int]],
     model: nn.Module,
     flops: int,
+    graph: Graph,
 ) -> ModuleSpec:
     def refs(elems: list[int] | None) -> list[UnitRef]:
         return [pos.get(analysis.unit(e)) for e in elems or []]
 
-    if m.role == "param":  # a per-channel tensor: values scaled by its width
+    if m.role == "tensor":  # a per-channel tensor: values scaled by its width
         numel = get_tensor(model, m.path).numel()
-        return ModuleSpec(m.path, "param", "Parameter", None, refs(m.inputs), 0.0, 0, numel)
+        return ModuleSpec(m.path, "tensor", "Parameter", None, refs(m.inputs), 0.0, 0, numel)
+    builder = SPEC_BUILDERS.get(m.role)
+    if builder is not None:  # not a layer: a parameter, an operation, a head split
+        return builder(m, refs(m.outputs), model, graph)
     module = model.get_submodule(m.path)
     wn, bn = _params(module)
     if m.role in ("norm", "channels"):
         return ModuleSpec(
-            m.path, m.role, type(module).__name__, None, refs(m.inputs), 0.0, 0, wn + bn
+            m.path,
+            m.role,
+            type(module).__name__,
+            None,
+            refs(m.inputs),
+            0.0,
+            0,
+            wn + bn,
+            attrs=dict(m.attrs),
         )
     if m.role == "source":  # a constant layer: its values are its only parameters
         values = sum(p.numel() for p in module.parameters(recurse=False))
@@ -130,7 +155,9 @@ def _spec(
     outs = refs(m.outputs)
     if m.role == "grouped":
         return ModuleSpec(m.path, "grouped", type(module).__name__, ins, outs, flops, 0, wn + bn)
-    return ModuleSpec(m.path, "conv", type(module).__name__, ins, outs, flops, wn, bn)
+    return ModuleSpec(
+        m.path, "conv", type(module).__name__, ins, outs, flops, wn, bn, attrs=dict(m.attrs)
+    )
 
 
 def _build_state(
@@ -151,7 +178,8 @@ def _build_state(
     ]
     specs: dict[str, ModuleSpec] = {}
     for m in analysis.modules.values():
-        spec = _spec(m, analysis, pos, model, per_module.get(m.path, 0))
+        flops = per_module.get(m.path, int(m.attrs.get("flops", 0)))
+        spec = _spec(m, analysis, pos, model, flops, graph)
         touched = {r[0] for r in (spec.in_units or []) + spec.out_units if r is not None}
         if not touched:
             continue
@@ -208,6 +236,7 @@ def augment(
     gate: str | type[ChannelGate] = "sigmoid",
     exclude: str | Sequence[str] = (),
     gate_kwargs: dict[str, Any] | None = None,
+    embedding: str = "pin",
 ) -> list[ChannelGate]:
     """Insert one gate per channel group of ``model`` (in place).
 
@@ -224,6 +253,11 @@ def augment(
         exclude: module path patterns (``fnmatch``; a prefix covers its submodules) whose
             channels are never pruned; each must match a module.
         gate_kwargs: keyword arguments for the gate class (e.g. ``temperature``).
+        embedding: what to do with channels a LayerNorm normalises (a transformer's
+            embedding width): ``"pin"`` keeps them; ``"renormalize"`` prunes them, each
+            LayerNorm taking its statistics over the kept channels only (in the gated model
+            too, so that the compact model computes exactly what the gated one does; a model
+            trained densely sees a changed normalisation once channels close).
 
     Returns:
         The gates, one per group (also reachable as ``model.lp_gates``).
@@ -254,14 +288,51 @@ def augment(
             )
         return gate_modules(model)
     check_augment_root(model)
+    if embedding not in EMBEDDING_MODES:
+        raise ArgumentError(
+            f"embedding must be one of {EMBEDDING_MODES}, got {embedding!r}: 'pin' keeps the "
+            "channels LayerNorms normalise, 'renormalize' prunes them (LayerNorm statistics "
+            "over the kept channels)."
+        )
     inputs = as_input_tuple(example_inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = tuple(t.to(device) for t in inputs)
-    traced = trace_channels(model, inputs, exclude)
+    traced = trace_channels(model, inputs, exclude, embedding=embedding)
+    patterns = check_exclude(model, exclude)
     analysis = traced.analysis
+    pins: dict[str, str] = {}
+    for _ in range(3):
+        gates = _attach(model, inputs, gate_cls, traced.graph, analysis, gate_kwargs, embedding)
+        failing = failing_head_groups(model)
+        if not failing:
+            return gates
+        state = get_state(model)
+        assert state is not None
+        new = {p: reason for g, reason in failing.items() for p in state.groups[g].producers}
+        pins.update(new)
+        strip_gates(model)
+        analysis = analyse(traced.graph, patterns, embedding, pins)
+        warn_ungated(analysis, set(new.values()))
+    raise PruningError(  # pragma: no cover - pinned groups cannot fail again
+        f"lightning_prune could not find collapsible head groups in {type(model).__name__}."
+    )
+
+
+def _attach(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    gate_cls: type[ChannelGate],
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    gate_kwargs: dict[str, Any] | None,
+    embedding: str,
+) -> list[ChannelGate]:
+    """Insert the gates of an analysed ``model``."""
+    device = inputs[0].device if inputs else torch.device("cpu")
     if not analysis.groups:
         raise NothingToPruneError(_nothing_to_prune(model, analysis))
-    state = _build_state(model, traced.graph, analysis, inputs, gate_cls.__name__)
+    state = _build_state(model, graph, analysis, inputs, gate_cls.__name__)
+    state.embedding = embedding
     gates = make_gates(gate_cls, [g.num_units for g in state.groups], gate_kwargs)
     for g, spec in zip(gates, state.groups):
         g.to(device).train(model.training)
@@ -270,12 +341,16 @@ def augment(
     model.add_module(GATES_ATTR, nn.ModuleDict({g.name: gt for g, gt in zip(state.groups, gates)}))
     for mod_spec in state.modules.values():
         if mod_spec.site:
-            attach_site(
-                model.get_submodule(mod_spec.path),
-                _segments(mod_spec.out_units, gates, state.groups),
-            )
+            site = model.get_submodule(mod_spec.path)
+            if "layer_norm" in mod_spec.attrs:  # the dimension it normalises (surgery.norm)
+                site.__dict__[AXIS_ATTR] = mod_spec.attrs["layer_norm"]
+            attach_site(site, _segments(mod_spec.out_units, gates, state.groups))
     if gate_cls.stochastic:
         model.register_forward_pre_hook(ResetSamples(gates))
+    if switched_classes(model):  # a layer's forward changed (e.g. attention): count it again
+        total, per_module = module_flops(model, inputs)
+        state.dense_flops = float(total)
+        refresh_op_flops(state, per_module)
     model.__dict__[STATE_ATTR] = state
     return gates
 

@@ -17,11 +17,11 @@ from lightning_prune.surgery.call_args import (
     plan_calls,
 )
 from lightning_prune.surgery.constant import replace_module
-from lightning_prune.surgery.gating import detach_sites, restore_root
 from lightning_prune.surgery.masks import (
     EffectiveMasks,
     constant_role,
     effective_masks,
+    layer_role,
     spec_indices,
     to_constant,
 )
@@ -35,12 +35,12 @@ from lightning_prune.surgery.plan import (
 )
 from lightning_prune.surgery.reparam import freeze, is_reparameterised
 from lightning_prune.surgery.resize import get_slicer, zero_channels
+from lightning_prune.surgery.roles import COLLAPSERS, FINISHERS, merge_entry
 from lightning_prune.surgery.state import (
-    GATES_ATTR,
-    STATE_ATTR,
     PruneState,
     gate_modules,
     require_state,
+    strip_gates,
 )
 
 
@@ -94,51 +94,90 @@ def _slice_all(model: nn.Module, state: PruneState, masks: EffectiveMasks) -> di
     for path, (in_flat, out_flat) in spec_indices(state).items():
         out_idx, out_dead = _kept(out_flat, kept, dead)
         in_idx = None if in_flat is None else _kept(in_flat, kept, dead)[0]
+        collapser = COLLAPSERS.get(state.modules[path].role)
+        if collapser is not None:  # not a layer (see surgery.roles)
+            done = collapser(model, state.modules[path], out_idx)
+            if done is not None and len(out_idx) < len(out_flat):
+                owner, fragment = done
+                kind = type(model.get_submodule(owner)).__name__
+                merge_entry(layers.setdefault(owner, {"type": kind}), fragment)
+            continue
         unchanged = len(out_idx) == len(out_flat) and (
             in_idx is None or in_flat is None or len(in_idx) == len(in_flat)
         )
         if unchanged and not len(out_dead) and not _reads_dead(in_flat, kept, dead):
             continue  # a dead channel (a closed unit kept for width) changes the layer too
         role = state.modules[path].role
-        if role == "param":  # a closed channel's value is kept: it met zeros there before too
+        if role == "tensor":  # a closed channel's value is kept: it met zeros there before too
             layers[path] = slice_tensor(model, path, out_idx)
             continue
         module = model.get_submodule(path)
-        layers[path] = {"type": type(module).__name__}
+        entry: dict[str, Any] = {"type": type(module).__name__}  # the class before freezing
         if _shrinks(in_idx, in_flat) and role == "conv" and is_reparameterised(module):
             module = freeze(module)  # its weights depend on every input: freeze what it computes
             replace_module(model, path, module)
-            layers[path]["frozen"] = True
-        layers[path].update(get_slicer(module)(module, in_idx, out_idx))
+            entry["frozen"] = True
+        entry.update(get_slicer(module)(module, in_idx, out_idx))
         if len(out_dead) and role != "channels":
             zero_channels(module, out_dead)
-        if constant_role(role, in_idx, out_idx, kept, dead, in_flat, out_flat):
+        merge_entry(layers.setdefault(path, {}), entry)
+        if constant_role(
+            layer_role(state.modules[path]), in_idx, out_idx, kept, dead, in_flat, out_flat
+        ):
             layers[path]["constant"] = True
             replace_module(model, path, to_constant(module))
+    for owner, entry in layers.items():
+        for finish in FINISHERS:
+            finish(model, owner, entry)
     return layers
 
 
 def _run_compact(work: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> Any:
-    """The compact model's outputs; a compact model that cannot run is refused."""
+    """The compact model's outputs; a compact model that cannot run is refused.
+
+    The refusal names the innermost module whose forward failed.
+    """
+    stack: list[str] = []
+    paths = {id(m): p for p, m in work.named_modules()}
+    failed: list[str] = []
+
+    def enter(module: nn.Module, args: Any) -> None:
+        stack.append(paths.get(id(module), "?"))
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in work.modules()]
+    handles += [m.register_forward_hook(leave) for m in work.modules()]  # not on errors
     try:
         with torch.no_grad():
             return work(*inputs)
     except Exception as err:
+        failed.append(stack[-1] if stack else "")
         first = (str(err).strip().splitlines() or [""])[0]
-        raise CollapseError(
-            f"Collapse of {name} produced a model that cannot run ({type(err).__name__}: "
+        where = f" in `{failed[0]}` ({_type_at(work, failed[0])})" if failed[0] else ""
+        refusal = CollapseError(
+            f"Collapse of {name} produced a model that cannot run ({type(err).__name__}{where}: "
             f"{first}); the model was not modified. An operation between the gates and their "
             "consumers reads channels the engine removed; please report it with the model, or "
             "pass its module path in `exclude=` when augmenting."
-        ) from err
+        )
+        refusal.failure = f"{type(err).__name__}{where}: {first}"  # type: ignore[attr-defined]
+        raise refusal from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _type_at(model: nn.Module, path: str) -> str:
+    try:
+        return type(model.get_submodule(path)).__name__
+    except AttributeError:
+        return "?"
 
 
 def _strip(model: nn.Module) -> None:
-    detach_sites(model)
-    restore_root(model)
-    if GATES_ATTR in model._modules:
-        del model._modules[GATES_ATTR]
-    model.__dict__.pop(STATE_ATTR, None)
+    strip_gates(model)
 
 
 def collapse(
@@ -199,6 +238,7 @@ def collapse(
     layers = _slice_all(work, state, masks)
     apply_calls(work, compact_calls(state, masks.flat()[0]))
     calls = installed_calls(work)
+    work.eval()  # modules caching tensors made from their parameters drop them on train()
     if verify:
         err = max(
             _compare(ref, _run_compact(work, inputs, type(model).__name__), rtol)

@@ -100,7 +100,8 @@ def _constant_channels(call: Call) -> Op:
     """A constant layer produces its channels from nothing: a producer without inputs."""
     layer = call.module
     assert isinstance(layer, ConstantLayer)
-    return Op("source", [], {"out_channels": layer.value.numel()}, module=call.path)
+    attrs = {"out_channels": layer.value.numel(), "axis": -1 if layer.kind == "linear" else 1}
+    return Op("source", [], attrs, module=call.path)
 
 
 @register_slicer(ConstantLayer)

@@ -8,6 +8,7 @@ activations. Any other layer gets a forward hook.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -58,16 +59,32 @@ def _site_gate(call: Call) -> Op:
     return Op("ignore")
 
 
-def _broadcast(values: torch.Tensor, ndim: int) -> torch.Tensor:
+def _broadcast(values: torch.Tensor, ndim: int, axis: int = 1) -> torch.Tensor:
+    if axis in (-1, ndim - 1):
+        return values
     return values.view(1, -1, *([1] * (ndim - 2)))
 
 
+def site_axis(module: nn.Module) -> int:
+    """Channel axis of a layer's output: last for linear layers (tokens), else 1 (NCHW)."""
+    if isinstance(module, (nn.Linear, nn.LayerNorm)) or getattr(module, "kind", None) == "linear":
+        return -1
+    return 1
+
+
 class GateHook:
-    """Forward hook multiplying a layer's output by its site's gate vector (channel axis 1)."""
+    """Forward hook multiplying a layer's output by its site's gate vector.
+
+    Args:
+        axis: the output's channel axis (1: NCHW; -1: the last, for linear layers).
+    """
+
+    def __init__(self, axis: int = 1) -> None:
+        self.axis = axis
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         values = getattr(module, SITE_ATTR)()
-        return output * _broadcast(values.to(output.dtype), output.ndim)
+        return output * _broadcast(values.to(output.dtype), output.ndim, self.axis)
 
 
 class ResetSamples:
@@ -152,14 +169,64 @@ def restore_root(model: nn.Module) -> None:
         model.__class__ = nn.Sequential
 
 
+#: Fused site classes for a base class and its subclasses: ``base -> (fused, applies, keep)``.
+_FUSED_BY_BASE: dict[
+    type[nn.Module], tuple[type[nn.Module], Callable[[nn.Module], bool], bool]
+] = {}
+#: Instance attribute remembering the class a registered fused site replaced.
+ORIGINAL_CLASS = "_lp_original_class"
+
+
+def register_fused_site(
+    base: type[nn.Module],
+    fused: type[nn.Module],
+    applies: Callable[[nn.Module], bool],
+    keep: bool = False,
+) -> None:
+    """Gate ``base`` layers (and subclasses, when ``applies``) by switching to ``fused``.
+
+    ``fused`` reads the site's gate values (``getattr(self, SITE_ATTR)()``) in its forward.
+
+    Args:
+        base: the layer class (its subclasses too).
+        fused: the class a site switches to.
+        applies: whether a given layer can switch.
+        keep: keep ``fused`` once the site is removed (collapse) instead of restoring the
+            original class (when ``fused`` is also the compact layer).
+    """
+    _FUSED_BY_BASE[base] = (fused, applies, keep)
+
+
+def _fused_class(module: nn.Module) -> tuple[type[nn.Module] | None, bool]:
+    fused = _FUSED.get(type(module))
+    if fused is not None and getattr(module, "affine", False):
+        return fused, False
+    for cls in type(module).__mro__:
+        if cls in _FUSED_BY_BASE:
+            candidate, applies, _ = _FUSED_BY_BASE[cls]
+            return (candidate, True) if applies(module) else (None, False)
+    return None, False
+
+
+def _keeps(cls: type[nn.Module]) -> bool:
+    return any(fused is cls and keep for fused, _, keep in _FUSED_BY_BASE.values())
+
+
 def attach_site(module: nn.Module, segments: list[Segment]) -> None:
     """Make ``module`` a gate site."""
     module.add_module(SITE_ATTR, SiteGate(segments))
-    fused = _FUSED.get(type(module))
-    if fused is not None and getattr(module, "affine", False):
+    fused, registered = _fused_class(module)
+    if fused is not None:
+        if registered:
+            module.__dict__[ORIGINAL_CLASS] = type(module)
         module.__class__ = fused
     else:
-        module.register_forward_hook(GateHook())
+        module.register_forward_hook(GateHook(site_axis(module)))
+
+
+def switched_classes(model: nn.Module) -> bool:
+    """Whether a site of ``model`` switched a layer to a registered fused class."""
+    return any(ORIGINAL_CLASS in m.__dict__ for m in model.modules())
 
 
 def reattach_sites(model: nn.Module) -> int:
@@ -177,9 +244,11 @@ def reattach_sites(model: nn.Module) -> int:
     for module in model.modules():
         if SITE_ATTR not in module._modules or type(module) in _UNFUSED:
             continue
+        if ORIGINAL_CLASS in module.__dict__:  # a registered fused class: it reads the gate
+            continue
         if any(isinstance(h, GateHook) for h in module._forward_hooks.values()):
             continue
-        module.register_forward_hook(GateHook())
+        module.register_forward_hook(GateHook(site_axis(module)))
         count += 1
     return count
 
@@ -195,6 +264,6 @@ def detach_sites(model: nn.Module) -> None:
         for key, hook in list(module._forward_pre_hooks.items()):
             if isinstance(hook, ResetSamples):
                 del module._forward_pre_hooks[key]
-        plain = _UNFUSED.get(type(module))
-        if plain is not None:
+        plain = module.__dict__.pop(ORIGINAL_CLASS, None) or _UNFUSED.get(type(module))
+        if plain is not None and not _keeps(type(module)):
             module.__class__ = plain

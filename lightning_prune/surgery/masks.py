@@ -8,7 +8,7 @@ from typing import cast
 import torch
 
 from lightning_prune.gates.base import ChannelGate
-from lightning_prune.surgery.state import PruneState, UnitRef
+from lightning_prune.surgery.state import ModuleSpec, PruneState, UnitRef
 
 
 @dataclass
@@ -123,7 +123,11 @@ def constant_role(
     in_flat: torch.Tensor | None,
     out_flat: torch.Tensor,
 ) -> bool:
-    """Whether a sliced conv / linear computes a constant: all kept inputs or outputs are dead."""
+    """Whether a sliced conv / linear computes a constant: all kept inputs or outputs are dead.
+
+    ``role`` is a spec's role; ``"opaque"`` marks a layer with inner structure (attention)
+    that is never replaced by a constant (see :func:`layer_role`).
+    """
     if role not in ("conv", "grouped"):
         return False
     out_dead = dead[out_flat][out_idx]
@@ -132,6 +136,11 @@ def constant_role(
     if role != "conv" or in_flat is None or in_idx is None or not len(in_idx):
         return False
     return bool(dead[in_flat][in_idx].all())
+
+
+def layer_role(spec: ModuleSpec) -> str:
+    """``spec.role``, or ``"opaque"`` for a layer that is never replaced by a constant."""
+    return "opaque" if spec.attrs.get("opaque") else spec.role
 
 
 def to_constant(module: torch.nn.Module) -> torch.nn.Module:

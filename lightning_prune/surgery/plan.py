@@ -15,6 +15,7 @@ from lightning_prune.surgery.masks import to_constant
 from lightning_prune.surgery.params import channel_axis, get_tensor, slice_tensor
 from lightning_prune.surgery.reparam import freeze
 from lightning_prune.surgery.resize import get_slicer
+from lightning_prune.surgery.roles import PLAN_KEYS
 
 PLAN_FORMAT = "lightning_prune.channel_plan"
 #: Version 2 adds ``"calls"``: the split sizes / slice bounds a compact model rewrites.
@@ -156,13 +157,18 @@ def apply_channel_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
         if entry.get("frozen"):
             module = freeze(module)
             replace_module(model, path, module)
-        in_idx, out_idx = _widths(entry)
-        get_slicer(module)(module, in_idx, out_idx)
+        if "in" in entry or "out" in entry:
+            in_idx, out_idx = _widths(entry)
+            get_slicer(module)(module, in_idx, out_idx)
+        for key, apply in PLAN_KEYS.items():  # parameters sliced, head counts (surgery.roles)
+            if key in entry:
+                apply(model, path, entry[key])
         if entry.get("constant"):
             replace_module(model, path, to_constant(module))
     calls = plan.get("calls") or {}  # from the code's arguments: they replace earlier ones
     entries = {scope: [(k, n) for k, n in found] for scope, found in calls.items()}
     apply_calls(model, entries, after=False)
+    model.train(model.training)  # modules caching tensors made from parameters drop them
     model.__dict__[PLAN_ATTR] = channel_plan_copy(plan)
     return model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -46,6 +46,8 @@ class ModuleSpec:
         weight_params: parameters scaled by input and output widths.
         bias_params: parameters scaled by the output width only.
         site: whether the gate is applied to this module's output.
+        attrs: role-specific details (``"param"``: ``owner``, ``name``, ``axis``; ``"heads"``:
+            ``scope``, ``size``, ``rest``; ``"norm"``: ``layer_norm``).
     """
 
     path: str
@@ -57,6 +59,7 @@ class ModuleSpec:
     weight_params: int = 0
     bias_params: int = 0
     site: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +102,8 @@ class PruneState:
     backend: str
     #: Per module path: its calls with channel-counting arguments, in the order it makes them.
     calls: dict[str, list[CallSpec]] = field(default_factory=dict)
+    #: How LayerNorm channels were treated (``"pin"`` or ``"renormalize"``, see ``augment``).
+    embedding: str = "pin"
     _index_cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, build: Callable[[], _T], kind: type[_T]) -> _T:
@@ -163,3 +168,14 @@ def gate_modules(model: nn.Module) -> list[ChannelGate]:
     if state is None or container is None:
         return []
     return [container[g.name] for g in state.groups]
+
+
+def strip_gates(model: nn.Module) -> None:
+    """Remove gates, sites and the recorded state from ``model`` (in place)."""
+    from lightning_prune.surgery.gating import detach_sites, restore_root
+
+    detach_sites(model)
+    restore_root(model)
+    if GATES_ATTR in model._modules:
+        del model._modules[GATES_ATTR]
+    model.__dict__.pop(STATE_ATTR, None)

@@ -8,6 +8,10 @@ Two of its pruners, following its own CIFAR benchmark recipe (``benchmarks/main.
 * ``tp_group_norm``: ``GroupNormPruner`` (group-L2 importance, its sparse-learning
   regulariser ``reg``) with global ranking: ``prune_epochs`` of sparse learning
   (``pruner.regularize`` after every backward), then pruning, then fine-tuning for the rest.
+* ``tp_vit``: its Vision Transformer recipe: ``MetaPruner`` with group-L2 importance over
+  heads (``num_heads`` of every fused ``qkv`` projection, ``prune_num_heads=True``, head
+  width kept) and the other widths (MLP hidden, embedding); after every step the attention
+  modules' ``num_heads`` / ``head_dim`` / ``attn_dim`` are set by hand, as its users do.
 
 Equal FLOPs (issue 11): Torch-Pruning takes a channel ratio, not a FLOPs target, so the ratio is
 searched (:func:`search_flops`): bisection on ``pruning_ratio``, each trial a one-shot
@@ -121,6 +125,67 @@ def _build_pruner(
     raise ValueError(f"unknown Torch-Pruning kind {kind!r}; 'magnitude' or 'group_norm'")
 
 
+def attention_heads(net: nn.Module) -> dict[nn.Module, int]:
+    """``{qkv projection: head count}`` of every fused-qkv attention module (timm ``Attention``)."""
+    return {
+        m.qkv: int(m.num_heads)
+        for m in net.modules()
+        if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(m.num_heads, int)
+    }
+
+
+def vit_pruner(net: nn.Module, example: torch.Tensor, ratio: float) -> Any:
+    """Torch-Pruning's ViT recipe, one shot: ``ratio`` of every width and of the heads."""
+    tp = _tp()
+    return tp.pruner.MetaPruner(
+        net,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=False,
+        pruning_ratio=ratio,
+        num_heads=attention_heads(net),
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=ratio,
+        ignored_layers=[head_layer(net)],
+    )
+
+
+def vit_search(
+    net: nn.Module, example: torch.Tensor, target_flops: float, rounds: int = 12
+) -> tuple[nn.Module, float]:
+    """The one-shot ViT pruning whose FLOPs come closest to ``target_flops`` from below.
+
+    Its head pruning removes at least one head per ``step()`` of an iterative schedule, so
+    the ratio is bisected instead, pruning a fresh copy each time. Returns (net, ratio).
+    """
+    was_training = net.training
+    low, high, best = 0.0, 0.95, (copy.deepcopy(net), 0.0)
+    for _ in range(rounds):
+        ratio = (low + high) / 2
+        trial = copy.deepcopy(net).eval()
+        pruner = vit_pruner(trial, example, ratio)
+        pruner.step()
+        fix_attention(pruner, trial)
+        if float(lp.count_flops(trial, example)) <= target_flops:
+            best, high = (trial, ratio), ratio
+        else:
+            low = ratio
+    best[0].train(was_training)
+    return best
+
+
+def fix_attention(pruner: Any, net: nn.Module) -> None:
+    """Set what attention modules read at run time after Torch-Pruning removed heads."""
+    for m in net.modules():
+        qkv = getattr(m, "qkv", None)
+        if isinstance(qkv, nn.Linear) and qkv in getattr(pruner, "num_heads", {}):
+            m.num_heads = int(pruner.num_heads[qkv])
+            m.head_dim = qkv.out_features // (3 * m.num_heads)
+            if hasattr(m, "attn_dim"):
+                m.attn_dim = m.num_heads * m.head_dim
+
+
 @dataclass
 class Trial:
     """One pruned copy: the ratio it was pruned at, the network and its FLOPs."""
@@ -144,7 +209,9 @@ def prune_copy(
     pruned.eval()
     try:
         if ratio > 0:
-            build_pruner(kind, pruned, example, ratio, reg, global_pruning).step()
+            pruner = build_pruner(kind, pruned, example, ratio, reg, global_pruning)
+            pruner.step()
+            fix_attention(pruner, pruned)
         flops = float(lp.count_flops(pruned, example))
     finally:
         pruned.train(was_training)
@@ -285,6 +352,8 @@ def run(ctx: Context, target: float | None, kind: str) -> Outcome:
     task, p = ctx.task, ctx.profile
     net = ctx.dense_net()
     example = task.example(1)
+    if kind == "vit":
+        return _run_vit(ctx, target, net, example)
     sparse_s = 0.0
     finetune_epochs = p.extra_epochs
     if kind == "group_norm":  # the regulariser does not depend on the ratio
@@ -338,3 +407,27 @@ def tp_magnitude(ctx: Context, target: float | None) -> Outcome:
 )
 def tp_group_norm(ctx: Context, target: float | None) -> Outcome:
     return run(ctx, target, "group_norm")
+
+
+def _run_vit(ctx: Context, target: float, net: nn.Module, example: torch.Tensor) -> Outcome:
+    start = time.perf_counter()
+    net, ratio = vit_search(net, example, (1.0 - target) * ctx.dense_flops)
+    search_s = time.perf_counter() - start
+    module = ctx.task.plain_module(net, ctx.profile.lr)
+    finetune_s = ctx.runner.fit(module, ctx.task.datamodule, ctx.profile.extra_epochs)
+    info = {
+        "pruner": "MetaPruner (group L2, heads + widths, one shot)",
+        "pruning_ratio": ratio,
+        "finetune_epochs": ctx.profile.extra_epochs,
+        "search_s": search_s,
+    }
+    return Outcome(net=module.net.cpu(), train_s=finetune_s, prune_s=search_s, info=info)
+
+
+@register_method(
+    "tp_vit",
+    family="torch_pruning",
+    label="Torch-Pruning ViT recipe (MetaPruner, heads + widths, num_heads fixed by hand)",
+)
+def tp_vit(ctx: Context, target: float | None) -> Outcome:
+    return run(ctx, target, "vit")

@@ -128,10 +128,15 @@ def _hardtanh_module(call: Call) -> Op:
 
 
 def _pad_rule(pad: Sequence[int] | None, ndim: int, zero: bool, call: Call) -> Op:
-    """Padding of the trailing (spatial) dimensions only is channel-wise."""
-    if isinstance(pad, Sequence) and len(pad) <= 2 * max(ndim - 2, 0):
-        return pointwise_rule(zero)(call)
-    return Op("unknown", list(call.values()), {"op": call.op})
+    """Padding is channel-wise unless it pads the channel dimension (``dims``: padded ones)."""
+    if not isinstance(pad, Sequence) or len(pad) > 2 * ndim or len(pad) % 2:
+        return Op("unknown", list(call.values()), {"op": call.op})
+    if not all(isinstance(p, int) for p in pad):
+        return Op("unknown", list(call.values()), {"op": call.op})
+    dims = [ndim - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
+    op = pointwise_rule(zero)(call)
+    op.attrs["dims"] = dims
+    return op
 
 
 @register_op("aten.pad")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import torch.fx as fx
+
+from lightning_prune.graph.ops.layout import index_items
 from lightning_prune.graph.ops.table import Call, Op, Rule, register_op
 
 
@@ -50,8 +53,25 @@ def _stack(call: Call) -> Op:
     return Op("stack", [call.operand(t) for t in tensors], {"dim": call.arg(1, "dim", 0)})
 
 
-@register_op("aten.view", "aten.reshape", "aten.flatten", "aten._unsafe_view")
+@register_op("aten.view", "aten.reshape", "aten._unsafe_view")
 def _reshape(call: Call) -> Op:
+    """``x.view(*sizes)``; sizes computed in forward from tensor sizes are recorded.
+
+    A size the model computes (``C // self.num_heads``) rather than reads from an attribute
+    or infers (``-1``) would keep its old value once channels are removed.
+    """
+    sizes = list(call.args[1:]) or list(call.kwargs.get("shape", call.kwargs.get("size", [])))
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    computed = [i for i, size in enumerate(sizes) if isinstance(size, fx.Node)]
+    if not computed:  # all sizes known when captured (torch.export): nothing to tell apart
+        return Op("reshape", list(call.values()[:1]))
+    literal = [i for i, size in enumerate(sizes) if isinstance(size, int) and size != -1]
+    return Op("reshape", list(call.values()[:1]), {"computed": computed, "literal": literal})
+
+
+@register_op("aten.flatten")
+def _flatten(call: Call) -> Op:
     return Op("reshape", list(call.values()[:1]))
 
 
@@ -95,30 +115,33 @@ def _narrow(call: Call) -> Op:
     return Op("slice", list(call.values()[:1]), attrs)
 
 
-def _index_op(index: Any, ndim: int) -> tuple[str, dict[str, Any]]:
-    """Classify ``tensor[index]``: channel slice, pass-through, or unknown."""
+def _channel_slice(index: Any, ndim: int) -> dict[str, Any] | None:
+    """``x[:, a:b]`` (a slice of dimension 1 only): a slice recorded per call (see ``_slice``)."""
     items = index if isinstance(index, tuple) else (index,)
-    if not all(isinstance(i, slice) for i in items) or len(items) > ndim:
-        return "unknown", {"op": "tensor indexing"}
     full = slice(None)
-    if items and items[0] != full:
-        return "unknown", {"op": "indexing along the batch dimension"}
-    if len(items) < 2 or items[1] == full:
-        return "pointwise", {"zero_preserving": True}
+    if len(items) < 2 or len(items) > ndim or not all(isinstance(i, slice) for i in items):
+        return None
+    if items[0] != full or items[1] == full or any(i != full for i in items[2:]):
+        return None
     sl = items[1]
-    return "slice", {"dim": 1, "start": sl.start, "stop": sl.stop, "step": sl.step}
+    return {"dim": 1, "start": sl.start, "stop": sl.stop, "step": sl.step}
 
 
 @register_op(operator.getitem)
 def _getitem(call: Call) -> Op:
-    """An item of a tuple output, or indexing of a tensor (``x[:, :4]``)."""
+    """An item of a tuple output, or indexing of a tensor (``x[:, :4]``, ``qkv[0]``)."""
     src, index = call.arg(0, "a"), call.arg(1, "b")
     shape = call.shape_of(src)
     if isinstance(shape, list):
         return Op("getitem", [call.operand(src)], {"index": index})
     if isinstance(shape, tuple) and call.is_data(src):
-        kind, attrs = _index_op(index, len(shape))
-        return Op(kind, [call.operand(src)], attrs)
+        sliced = _channel_slice(index, len(shape))
+        if sliced is not None:
+            return Op("slice", [call.operand(src)], sliced)
+        items = index_items(index, len(shape))
+        if items is None:
+            return Op("unknown", [call.operand(src)], {"op": "tensor indexing"})
+        return Op("index", [call.operand(src)], {"items": items})
     return Op("ignore")
 
 
