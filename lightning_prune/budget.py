@@ -118,8 +118,9 @@ class AdaptiveController(TargetController):
         importance_weight: how far (in logit units) this step's importance ranking moves a
             unit's position in the knapsack's order; it decides among units whose gates sit
             close together (all of them at the start).
-        decided: a unit in the keep set whose keep-probability is at least ``1 - decided``
-            gets no push (it is open already; pushing it further would only saturate it).
+        decided: a unit in the keep set whose keep-probability is at least ``1 - decided / 2``
+            gets no push (it is open already, with room inside the decided band of
+            :class:`~lightning_prune.PruningSchedule`; pushing further would only saturate it).
         snap_at_end: final budget snap (see :class:`TargetController`).
         snap_tolerance: deviation accepted without snapping.
 
@@ -226,7 +227,10 @@ class AdaptiveController(TargetController):
         multipliers = []
         for gate, keep, m, q in zip(gates, self.keep, self._mean, self._square):
             with torch.no_grad():
-                open_already = gate.probabilities().detach().cpu().double() >= 1.0 - self.decided
+                # hysteresis: pushed until half-way past the decided band, so a unit held at
+                # its edge by the task does not sit undecided when the phase ends
+                probability = gate.probabilities().detach().cpu().double()
+                open_already = probability >= 1.0 - 0.5 * self.decided
             close = torch.full((gate.num_channels,), force, dtype=torch.float64)
             reopen = torch.full_like(close, force)
             if m is not None and q is not None and m.shape == close.shape:

@@ -65,9 +65,9 @@ def _segmenter(gate: str | None) -> SegmentationModule:
     return SegmentationModule(
         "tiny_unet",
         num_classes=4,
-        net_kwargs={"base_width": 8, "depth": 2},
+        net_kwargs={"base_width": 16, "depth": 2},
         input_shape=(3, 32, 32),
-        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
         scheduler_interval="step",
         ignore_index=None,
         gate=gate,
@@ -180,7 +180,8 @@ def _pruned(task: str, start: str, epochs: int, gate: str, directory):
     return probe.outcome, ratio, _score(task, module.net)
 
 
-@pytest.mark.parametrize("epochs", [2, 20])
+# the 20-epoch runs take about 15 minutes together on 2 cores: `bash scripts/test.sh -m slow`
+@pytest.mark.parametrize("epochs", [2, pytest.param(20, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("start", ["scratch", "trained"])
 @pytest.mark.parametrize("gate", FAMILIES)
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
@@ -193,7 +194,7 @@ def test_relaxation_learns_the_structure(task, gate, start, epochs, tmp_path):
         f"{outcome['snap_share']:.3f}, final FLOPs ratio {ratio:.3f}, score {score:.3f} vs "
         f"dense {dense:.3f}"
     )
-    print(summary, outcome)
+    print(summary)
     assert outcome is not None, summary
     assert abs(outcome["relaxed_flops_ratio_before_snap"] - TARGET) <= 0.05, summary
     assert outcome["snap_share"] < 0.05, summary
