@@ -216,7 +216,9 @@ class PruningSchedule:
             a gate pushed deep into saturation has a vanishing gradient and could no longer
             follow the budget within the phase (measured: 16-step phases left 5-9% of the units
             to the snap without it, none with it). Annealing still makes the gates binary.
-            ``None`` leaves the parameters unbounded.
+            ``None`` leaves the parameters unbounded (needed for paper 1's staged pruning,
+            ``NetworkCollapse(stages=..., thresholds=...)``, with thresholds below the band:
+            ``sigmoid(-4) = 0.018`` for sigmoid gates before the temperature anneals).
 
     Raises:
         ValueError: for fractions outside their range or an unknown ``final_phase``.

@@ -84,9 +84,12 @@ class AdamMixin(MixinModule):
 
 def test_staged_pruning_keeps_training_and_rebuilds_optimizer(tmp_path):
     torch.manual_seed(0)
-    # paper 1's multi-stage schedule: the stages prune; no budget, no structure phase end
+    # paper 1's multi-stage schedule: the stages prune; no budget, no structure phase end, and
+    # unbounded gates (its 1e-3 stage threshold lies beyond the default reach)
     module = AdamMixin(
-        width=8, penalty=lp.SparsityPenalty(), schedule=lp.PruningSchedule(structure=1.0)
+        width=8,
+        penalty=lp.SparsityPenalty(),
+        schedule=lp.PruningSchedule(structure=1.0, gate_reach=None),
     )
     module.configure_model()
     with torch.no_grad():  # one unit per group far below, one slightly below the stage threshold

@@ -37,7 +37,8 @@ SCRIPT = textwrap.dedent(
             self.gates = {{g.name: g.gate.logits.tolist() for g in lp.get_groups(pl_module)}}
 
     L.seed_everything(0)
-    module = Adam(width=8)
+    # the stage threshold (0.01) lies beyond the gates' default reach: unbounded gates
+    module = Adam(width=8, schedule=lp.PruningSchedule(gate_reach=None))
     module.configure_model()
     with torch.no_grad():
         for gate in module.gates:

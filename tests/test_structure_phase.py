@@ -150,8 +150,9 @@ def test_final_phase_freeze_keeps_hard_masks_until_fit_ends(tmp_path):
 
 def test_snap_share_warns_when_the_gates_did_not_decide(tmp_path):
     module = PlainModule(width=8)
-    # one structure step: no gate can move, the snap decides everything
-    callback = RelaxedPruning(target=0.5, collapse=False, schedule=PruningSchedule(structure=0.1))
+    # one structure step at a tiny gate learning rate: no gate can move, the snap decides
+    schedule = PruningSchedule(structure=0.1, gate_lr=1e-4)
+    callback = RelaxedPruning(target=0.5, collapse=False, schedule=schedule)
     trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=4, callbacks=[callback]))
     with pytest.warns(UserWarning, match=r"decided by the snap/threshold .* more than 5%"):
         trainer.fit(module, make_loader(32, 8))
