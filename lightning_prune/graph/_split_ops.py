@@ -106,17 +106,3 @@ class _SplitOps(_TensorOps):
         self._record(node, key, v, spans)
         self.vals[node.name] = [_Val(v.elems[lo:hi], v.taint[lo:hi], v.axes) for lo, hi in spans]
         return None
-
-    def _chunk(self, node: OpNode, v: _Val, widths: list[int]) -> None:
-        """``chunk(n)``: channel ``j`` of every chunk is one unit (the chunks stay equal)."""
-        if len(set(widths)) != 1:
-            return self._unknown(node)
-        w = widths[0]
-        for k in range(1, len(widths)):
-            for j in range(w):
-                self.uf.union(v.elems[j], v.elems[k * w + j])
-        self.vals[node.name] = [
-            _Val(v.elems[k * w : (k + 1) * w], v.taint[k * w : (k + 1) * w], v.axes)
-            for k in range(len(widths))
-        ]
-        return None

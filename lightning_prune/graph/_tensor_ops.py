@@ -245,8 +245,16 @@ class _TensorOps(_LayoutOps):
         if unbind or not node.attrs.get("chunks") or len(set(widths)) != 1:
             # split sizes are constants of the model's code (see _op_slice)
             return self._unknown(node)
-        # chunk(n) splits whatever width it gets evenly: channel j of every chunk is one unit,
-        # so each chunk keeps the same positions and the pieces stay equal after collapse
+        return self._chunk(node, v, widths)
+
+    def _chunk(self, node: OpNode, v: _Val, widths: list[int]) -> None:
+        """``chunk(n)``: channel ``j`` of every chunk is one unit.
+
+        chunk(n) splits whatever width it gets evenly, so each chunk keeps the same positions
+        and the pieces stay equal after collapse.
+        """
+        if len(set(widths)) != 1:
+            return self._unknown(node)
         w = widths[0]
         for k in range(1, len(widths)):
             for j in range(w):
