@@ -12,7 +12,10 @@ network than in the dense one, so folding shows what the pruned shapes buy on th
 The ``ORT`` columns time both again as deployed: exported with ``lp.export_onnx`` (BatchNorm
 folded, outputs checked against PyTorch) and run in ONNX Runtime's CPU execution provider with
 ``--threads`` intra-op threads, alternately like the eager pairs (needs the ``deploy`` extra;
-``--no-onnx`` skips them).
+``--no-onnx`` skips them). ``ORT`` exports the learned widths as they are
+(``pad_channels_to=1``); ``ORT padded`` exports them as ``export_onnx`` does by default, each
+channel group rounded up to a multiple of 8 with zero channels (``lp.pad_channels``: the same
+function; the efficiency is still taken against the unpadded network's FLOPs ratio).
 
     python benchmarks/bench_engine.py                      # all three models
     python benchmarks/bench_engine.py --models cifar_resnet56 --repeats 5
@@ -112,17 +115,22 @@ def onnxruntime_pair(
     x: torch.Tensor,
     repeats: int,
     rounds: int,
+    pad: int = 1,
 ) -> dict:
     """ONNX Runtime latency of ``compact`` (ms), speedup over ``dense`` and the export time.
 
     ``dense`` is an ONNX Runtime session already (exported once per model); ``None`` skips.
+    ``pad`` is ``export_onnx``'s ``pad_channels_to``; with ``pad > 1`` the keys end in
+    ``_pad{pad}`` (and the export time is not returned).
     """
     if dense is None:
         return {}
     t0 = time.perf_counter()
-    session = to_onnxruntime(compact, example, threads=torch.get_num_threads())
+    session = to_onnxruntime(compact, example, threads=torch.get_num_threads(), pad_channels_to=pad)
     export_s = time.perf_counter() - t0
     dense_ms, ms = paired_latency(dense, session, x, repeats, rounds)
+    if pad > 1:
+        return {f"latency_ort_ms_pad{pad}": ms, f"speedup_ort_pad{pad}": dense_ms / ms}
     return {"latency_ort_ms": ms, "speedup_ort": dense_ms / ms, "export_s": export_s}
 
 
@@ -144,7 +152,9 @@ def run(
     dense_ms = measure_latency(model, bench_x, warmup=2, repeats=repeats).median_ms
     reference_folded = lp.fold_batchnorm(reference, example)
     reference_ort = (
-        to_onnxruntime(reference, example, threads=torch.get_num_threads()) if onnx else None
+        to_onnxruntime(reference, example, threads=torch.get_num_threads(), pad_channels_to=1)
+        if onnx
+        else None
     )
     dense_ort = (
         {"latency_ort_ms": measure_latency(reference_ort, bench_x, 2, repeats).median_ms}
@@ -190,6 +200,10 @@ def run(
             folded = lp.fold_batchnorm(compact, example)
             ref_f_ms, f_ms = paired_latency(reference_folded, folded, bench_x, repeats, rounds)
             ort = onnxruntime_pair(reference_ort, compact, example, bench_x, repeats, rounds)
+            if round_to == 1:  # export_onnx's default: widths padded to multiples of 8
+                ort |= onnxruntime_pair(
+                    reference_ort, compact, example, bench_x, repeats, rounds, pad=8
+                )
             ratio = dense_flops / flops
             speedup = ref_ms / ms
             rows.append(
@@ -207,6 +221,11 @@ def run(
                     "efficiency_folded": ref_f_ms / f_ms / ratio,
                     **ort,
                     **({"efficiency_ort": ort["speedup_ort"] / ratio} if ort else {}),
+                    **(
+                        {"efficiency_ort_pad8": ort["speedup_ort_pad8"] / ratio}
+                        if "speedup_ort_pad8" in ort
+                        else {}
+                    ),
                     "augment_s": t_augment,
                     "collapse_s": t_collapse,
                 }
@@ -285,6 +304,8 @@ def main() -> None:
         "latency_ort_ms": "ORT ms (b32)",
         "speedup_ort": "ORT speedup",
         "efficiency_ort": "ORT speedup/FLOPs ratio",
+        "latency_ort_ms_pad8": "ORT padded ms (b32)",
+        "efficiency_ort_pad8": "ORT padded speedup/FLOPs ratio",
         "export_s": "ONNX export s",
         "augment_s": "trace+augment s",
         "collapse_s": "collapse s",

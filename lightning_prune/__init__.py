@@ -49,6 +49,7 @@ from lightning_prune.surgery import (
     init_gates,
     is_augmented,
     load_pruned,
+    pad_channels,
     save_pruned,
     unit_importance,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "is_augmented",
     "layer_widths",
     "load_pruned",
+    "pad_channels",
     "relaxed_cost",
     "save_pruned",
     "trace_channels",

@@ -34,6 +34,7 @@ from torch import nn
 
 import lightning_prune as lp
 from lightning_prune.deploy import OnnxExport
+from lightning_prune.deploy.export import describe_padding
 
 __all__ = ["CommandError", "build_parser", "find_pruned", "main", "parse_shape"]
 
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument(
         "--static-batch", action="store_true", help="fix the batch size to the example's"
+    )
+    parser.add_argument(
+        "--pad-channels-to",
+        type=int,
+        default=8,
+        help="round channel widths up to a multiple of this with zero channels (the same "
+        "function; faster in ONNX Runtime); 1 keeps the learned widths",
     )
     return parser
 
@@ -274,6 +282,7 @@ def run(args: Sequence[str]) -> OnnxExport:
         dynamic_batch=not options.static_batch,
         rtol=options.rtol,
         opset_version=options.opset,
+        pad_channels_to=options.pad_channels_to,
     )
 
 
@@ -281,7 +290,7 @@ def _describe(result: OnnxExport) -> str:
     batch = "dynamic batch" if result.dynamic_batch else "fixed batch"
     return (
         f"wrote {result.path} (ONNX opset {result.opset}, {result.folded_norms} BatchNorms "
-        f"folded, {batch}); ONNX Runtime matches PyTorch within "
+        f"folded, {batch}{describe_padding(result.padding)}); ONNX Runtime matches PyTorch within "
         f"{max(result.errors.values()):.1e} of the output scale on the example and on a "
         f"random batch (tolerance {result.rtol:g})"
     )

@@ -292,6 +292,25 @@ def test_export_subcommand_writes_a_saved_network(
     out = capsys.readouterr().out
     assert out.startswith(f"lightning-prune export: wrote {output} (ONNX opset 20, 21 BatchNorms")
     assert "tolerance 0.0001" in out
+    report = lp.pad_channels(saved_resnet["compact"], torch.randn(1, 3, 32, 32))[1]
+    assert report.padded_groups > 0
+    assert (
+        f"dynamic batch, {report.added_channels} zero channels padding {report.padded_groups} "
+        "groups to multiples of 8)"
+    ) in out
+    main(
+        [
+            "export",
+            "--pruned",
+            str(saved_resnet["folder"] / "r20.json"),
+            *NET,
+            "--output",
+            str(tmp_path / "plain.onnx"),
+            "--pad-channels-to",
+            "1",
+        ]
+    )
+    assert "folded, dynamic batch); ONNX Runtime" in capsys.readouterr().out
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = saved_resnet["compact"](x)

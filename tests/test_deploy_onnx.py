@@ -268,6 +268,8 @@ def test_engine_benchmark_times_the_onnx_pair() -> None:
     row = onnxruntime_pair(to_onnxruntime(dense, x), compact, x, torch.randn(4, 3, 12, 12), 1, 1)
     assert set(row) == {"latency_ort_ms", "speedup_ort", "export_s"}
     assert row["latency_ort_ms"] > 0 and row["speedup_ort"] > 0 and row["export_s"] > 0
+    padded = onnxruntime_pair(to_onnxruntime(dense, x), compact, x, x, 1, 1, pad=8)
+    assert set(padded) == {"latency_ort_ms_pad8", "speedup_ort_pad8"}
 
 
 @needs_deploy

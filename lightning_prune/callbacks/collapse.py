@@ -18,6 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.deploy.export import describe_padding
 from lightning_prune.deploy.extra import require
 from lightning_prune.dpp.apply import get_dpp_masks
 from lightning_prune.module import state as model_state
@@ -295,7 +296,8 @@ class NetworkCollapse(Callback):
             self.onnx_path = result.path
             rank_zero_info(
                 f"NetworkCollapse: exported {self.onnx_path} (ONNX opset {result.opset}, "
-                f"{result.folded_norms} BatchNorms folded, dynamic batch; ONNX Runtime matches "
+                f"{result.folded_norms} BatchNorms folded, dynamic batch"
+                f"{describe_padding(result.padding)}; ONNX Runtime matches "
                 f"PyTorch within {max(result.errors.values()):.1e} of the output scale)"
             )
 

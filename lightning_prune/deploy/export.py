@@ -26,12 +26,23 @@ import torch
 from torch import nn
 
 from lightning_prune.deploy.extra import require
-from lightning_prune.errors import ExampleInputError, ExportError, ExportExistsError
+from lightning_prune.errors import (
+    ExampleInputError,
+    ExportError,
+    ExportExistsError,
+    PruningError,
+)
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple
 from lightning_prune.surgery import fold_batchnorm as fold_norms
-from lightning_prune.surgery import is_augmented
+from lightning_prune.surgery import is_augmented, pad_channels
 
-__all__ = ["OnnxExport", "export_onnx", "max_relative_error", "serialize_onnx"]
+__all__ = [
+    "OnnxExport",
+    "describe_padding",
+    "export_onnx",
+    "max_relative_error",
+    "serialize_onnx",
+]
 
 #: Default tolerance of the check: ``max |onnx - torch| <= rtol * max |torch|`` per output.
 DEFAULT_RTOL = 1e-4
@@ -53,6 +64,9 @@ class OnnxExport:
         output_names: the graph's output names (``output`` or ``output_0``, ...).
         dynamic_batch: whether dimension 0 of every input and output is symbolic (``batch``).
         size_bytes: size of the serialised model.
+        padding: what channel padding did (:class:`~lightning_prune.surgery.PaddingReport`
+            as a ``dict``), or why it was not applied (``{"skipped_model": reason}``);
+            ``None`` when ``pad_channels_to`` is 1.
     """
 
     path: Path | None
@@ -64,12 +78,25 @@ class OnnxExport:
     output_names: tuple[str, ...]
     dynamic_batch: bool
     size_bytes: int
+    padding: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly ``dict`` of the fields (the path as a string)."""
         out = dataclasses.asdict(self)
         out["path"] = None if self.path is None else str(self.path)
         return out
+
+
+def describe_padding(padding: dict[str, Any] | None) -> str:
+    """One phrase for an export's channel padding (``""`` when none was asked for)."""
+    if not padding:
+        return ""
+    if "skipped_model" in padding:
+        return ", widths not padded"
+    return (
+        f", {padding['added_channels']} zero channels padding {padding['padded_groups']} "
+        f"groups to multiples of {padding['multiple']}"
+    )
 
 
 def _tensor_leaves(value: Any) -> list[torch.Tensor]:
@@ -166,6 +193,27 @@ def _references(
     return outputs
 
 
+def _pad(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], multiple: int, rtol: float
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``model`` with its widths padded to ``multiple`` (unchanged if 1 or if it is refused)."""
+    if multiple < 1:
+        raise ValueError(f"pad_channels_to must be >= 1, got {multiple}.")
+    if multiple == 1:
+        return model, None
+    try:
+        padded, report = pad_channels(model, inputs, multiple=multiple, rtol=rtol)
+    except PruningError as err:
+        reason = _first_line(err)
+        warnings.warn(
+            f"{type(model).__name__} is exported with its widths as they are: channel padding "
+            f"was refused ({reason}). Pass pad_channels_to=1 to silence this.",
+            stacklevel=4,
+        )
+        return model, {"skipped_model": reason}
+    return padded, report.to_dict()
+
+
 def _to_onnx(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -258,6 +306,7 @@ def serialize_onnx(
     opset_version: int | None = None,
     optimize: bool = True,
     seed: int = 0,
+    pad_channels_to: int = 8,
 ) -> tuple[bytes, OnnxExport]:
     """Export ``model`` to ONNX in memory and check it in ONNX Runtime; write nothing.
 
@@ -286,6 +335,7 @@ def serialize_onnx(
     batches = (inputs, _fresh_inputs(inputs, dynamic_batch, seed))
     work = copy.deepcopy(model).cpu().eval()
     references = _references(work, batches, dynamic_batch)
+    work, padding = _pad(work, inputs, pad_channels_to, rtol)
     norms = _count_norms(work)
     if fold_batchnorm:
         work = fold_norms(work, inputs, inplace=True)
@@ -304,6 +354,7 @@ def serialize_onnx(
         output_names=output_names,
         dynamic_batch=dynamic_batch,
         size_bytes=len(data),
+        padding=padding,
     )
     return data, check
 
@@ -319,6 +370,7 @@ def export_onnx(
     opset_version: int | None = None,
     optimize: bool = True,
     seed: int = 0,
+    pad_channels_to: int = 8,
 ) -> OnnxExport:
     """Write ``model`` (collapsed or dense) as an ONNX file checked against PyTorch.
 
@@ -345,6 +397,12 @@ def export_onnx(
         opset_version: ONNX opset (``None``: the exporter's default, 20 in torch 2.14).
         optimize: let the exporter run onnxscript's graph optimizer (constant folding, ...).
         seed: seed of the random check input.
+        pad_channels_to: round the channel groups' widths up to a multiple of this with
+            channels that are exactly zero (:func:`lightning_prune.pad_channels`: same
+            function, a few percent more FLOPs), because ONNX Runtime's blocked convolutions
+            run aligned widths much faster (a U-Net at 75% removed: 0.65 -> 0.90 of its FLOPs
+            ratio); 1 exports the widths as they are. A model the graph analysis cannot read
+            is exported unpadded with a warning.
 
     Returns:
         The path, the measured errors and the graph's names (:class:`OnnxExport`).
@@ -381,6 +439,7 @@ def export_onnx(
         opset_version=opset_version,
         optimize=optimize,
         seed=seed,
+        pad_channels_to=pad_channels_to,
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

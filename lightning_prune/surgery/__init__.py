@@ -10,11 +10,13 @@ from lightning_prune.surgery.collapsing import collapse
 from lightning_prune.surgery.files import load_pruned, save_pruned
 from lightning_prune.surgery.fold import fold_batchnorm
 from lightning_prune.surgery.importance import init_gates, unit_importance
+from lightning_prune.surgery.padding import PaddingReport, pad_channels
 from lightning_prune.surgery.plan import apply_channel_plan, channel_plan
 from lightning_prune.surgery.state import GateGroup
 
 __all__ = [
     "GateGroup",
+    "PaddingReport",
     "apply_channel_plan",
     "augment",
     "channel_plan",
@@ -25,6 +27,7 @@ __all__ = [
     "init_gates",
     "is_augmented",
     "load_pruned",
+    "pad_channels",
     "save_pruned",
     "unit_importance",
 ]

@@ -38,9 +38,16 @@ def get_slicer(module: nn.Module) -> Slicer:
 
 
 def _take(t: torch.Tensor | None, dim: int, idx: Index) -> torch.Tensor | None:
+    """``t`` indexed along ``dim``; an index of -1 gives a zero entry (channel padding)."""
     if t is None or idx is None:
         return t
-    return t.detach().index_select(dim, idx.to(t.device)).clone()
+    source = t.detach()
+    idx = idx.to(t.device)
+    if bool((idx < 0).any()):
+        zero = source.new_zeros((*source.shape[:dim], 1, *source.shape[dim + 1 :]))
+        source = torch.cat([source, zero], dim)
+        idx = torch.where(idx < 0, source.shape[dim] - 1, idx)
+    return source.index_select(dim, idx).clone()
 
 
 def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
