@@ -192,3 +192,19 @@ def test_state_roundtrip():
     other = TemperatureAnnealing("cosine")
     other.load_state_dict(anneal.state_dict())
     assert other.value == 12.5
+
+
+def test_gated_mixin_module_gets_no_missing_gates_warning(tmp_path):
+    """The gates follow the structure phase per step, so an epoch start touches only the DPP
+    masks; a model with gates and no DPP masks must not be told it has neither."""
+    import warnings
+
+    trainer = L.Trainer(
+        **trainer_kwargs(
+            tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[TemperatureAnnealing()]
+        )
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(MixinModule(width=8), make_loader(32, 8))
+    assert not [w for w in caught if "found no gates" in str(w.message)]

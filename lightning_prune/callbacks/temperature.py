@@ -262,7 +262,15 @@ class TemperatureAnnealing(Callback):
                 value = self.value_at(epoch, family)
             if self._set(pl_module, family, value):
                 applied[LOG_KEYS[family]] = value
-        if not applied and not self._warned and not model_state.was_collapsed(pl_module):
+        # a call restricted to some families (the DPP masks at an epoch start while the gates
+        # follow the structure phase per step) says nothing about the others: no warning
+        everything = families is None or set(families) == set(self.families)
+        if (
+            not applied
+            and everything
+            and not self._warned
+            and not model_state.was_collapsed(pl_module)
+        ):
             rank_zero_warn(
                 "TemperatureAnnealing found no gates or DPP masks in the model (targets="
                 f"{self.targets!r}); use PrunableMixin or the RelaxedPruning callback (or "
