@@ -60,11 +60,13 @@ class ChannelGate(nn.Module):
         #: :attr:`value_grad` (the task's pull on each unit, read by the Lightning layer).
         self.track_value_grads = False
         self.value_grad: torch.Tensor | None = None
-        self._cached: torch.Tensor | None = None
+        self._cached: torch.Tensor | None = None  # the forward's sample (tracked)
+        self._sample: torch.Tensor | None = None  # the same sample, untracked (penalties)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_cached"] = None  # a sample inside the autograd graph: never copied or pickled
+        state["_sample"] = None
         state["value_grad"] = None
         return state
 
@@ -176,6 +178,7 @@ class ChannelGate(nn.Module):
     def reset_sample(self) -> None:
         """Forget the cached sample; the surgery engine calls this before each model forward."""
         self._cached = None
+        self._sample = None
 
     def forward(self) -> torch.Tensor:
         """Per-unit multiplier: relaxed values in training mode, the hard mask in eval mode."""
@@ -184,11 +187,31 @@ class ChannelGate(nn.Module):
         if not self.stochastic:
             return self._tracked(self._soft_values())
         if self._cached is None:
-            self._cached = self._tracked(self._soft_values())
+            self._sample = self._soft_values()
+            self._cached = self._tracked(self._sample)
         return self._cached
 
+    def penalty_values(self) -> torch.Tensor:
+        """The values the forward pass applies (the same sample), for a penalty to act on.
+
+        Unlike :meth:`forward` they are not tracked: the penalty's own gradient must not count
+        as the task's pull on a unit (:attr:`value_grad`), or a unit the budget pushes closed
+        would look ever less important and the first ranking, noisy on a fresh network, would
+        lock in.
+        """
+        if self.frozen or not self.training:
+            return self.hard_mask().to(self.temperature.dtype)
+        if not self.stochastic:
+            return self._soft_values()
+        if self._sample is None:
+            self()
+        assert self._sample is not None
+        return self._sample
+
     def _tracked(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` as a new autograd node whose gradient (the task's only) is accumulated."""
         if self.track_value_grads and values.requires_grad:
+            values = values.view_as(values)
             values.register_hook(self._accumulate_value_grad)
         return values
 

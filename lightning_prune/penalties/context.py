@@ -68,9 +68,11 @@ class PenaltyContext:
         """The values the gates apply now, one tensor per gate.
 
         Training: the relaxed values (for stochastic gates the sample the forward pass used);
-        eval: the hard masks.
+        eval: the hard masks. They are the gates' untracked values
+        (:meth:`~lightning_prune.gates.ChannelGate.penalty_values`): a penalty's gradient is
+        never read as the task's pull on a unit.
         """
-        return [g() for g in self.gates]
+        return [g.penalty_values() for g in self.gates]
 
     def decision_logits(self) -> list[torch.Tensor]:
         """Each gate's signed distance from its threshold, in logit units (differentiable)."""
