@@ -23,6 +23,7 @@ from benchmarks.compare import report
 from benchmarks.compare.data import extract_archive, locate
 from benchmarks.compare.methods import METHODS, Context, resolve_methods
 from benchmarks.compare.profiles import PROFILES, Profile, TaskProfile
+from lightning_prune.deploy import deploy_available
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -526,7 +527,14 @@ def test_smoke_profile_end_to_end(tmp_path):
     for row in rows:
         assert "generated" not in row["data"] and row["data"]
         assert {"latency_ms_b1", "speedup_b1", "train_s", "params", "flops"} <= set(row)
+        if deploy_available():  # as deployed: lp.export_onnx's file in ONNX Runtime
+            big = 8 if row["task"] == "classification" else 2
+            assert row[f"ort_speedup_b{big}"] > 0 and row[f"ort_efficiency_b{big}"] > 0
+            if row["method"] == "dense":
+                assert row[f"ort_speedup_b{big}"] == 1.0
     assert (out / "results.md").is_file() and (out / "accuracy_vs_flops.png").is_file()
+    if deploy_available():
+        assert "speedup b8, ONNX Runtime" in (out / "results.md").read_text()
     # one shared dense checkpoint per task, cached and reused by both seeds
     assert len(list((tmp_path / "cache" / "bench_dense").glob("*.pt"))) == 2
     tasks = payload["meta"]["tasks"]

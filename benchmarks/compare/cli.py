@@ -32,7 +32,12 @@ from benchmarks.compare import report
 from benchmarks.compare.data import DEFAULT_CACHE, locate
 from benchmarks.compare.methods import METHODS, Context, resolve_methods
 from benchmarks.compare.methods.dense import dense_checkpoint
-from benchmarks.compare.metrics import describe_model, is_physically_smaller, paired_latency
+from benchmarks.compare.metrics import (
+    describe_model,
+    is_physically_smaller,
+    onnxruntime_session,
+    paired_latency,
+)
 from benchmarks.compare.profiles import PROFILES, Profile, TaskProfile, get_profile
 from benchmarks.compare.tasks import TASKS, TaskSetup
 from benchmarks.compare.training import Runner, quiet_lightning
@@ -208,10 +213,12 @@ def run_row(
     dense_params: int,
     profile: Profile,
     data: str,
+    reference_ort: Any | None = None,
 ) -> dict[str, Any]:
     """Run one (method, target) and measure its network like every other.
 
-    ``reference_folded`` is ``lp.fold_batchnorm(reference)``, folded once per task.
+    ``reference_folded`` is ``lp.fold_batchnorm(reference)``, folded once per task;
+    ``reference_ort`` the reference in ONNX Runtime (``None``: no ONNX Runtime timing).
     """
     task = ctx.task
     spec = METHODS[method]
@@ -259,6 +266,19 @@ def run_row(
             profile.latency_threads or profile.threads,
         )
         latency.update({f"folded_{k}": v for k, v in folded_latency.items()})
+        threads = profile.latency_threads or profile.threads
+        if reference_ort is not None:  # as deployed: lp.export_onnx's file in ONNX Runtime
+            session = onnxruntime_session(net, example, threads)
+            ort_latency = paired_latency(
+                session,
+                session if spec.family == "dense" else reference_ort,
+                example,
+                [big],
+                profile.latency_rounds,
+                profile.latency_repeats,
+                threads,
+            )
+            latency.update({f"ort_{k}": v for k, v in ort_latency.items()})
         flops_ratio = ctx.dense_flops / max(sizes["flops"], 1)
         row.update(
             {
@@ -278,6 +298,8 @@ def run_row(
         for batch in task.profile.latency_batches:
             row[f"efficiency_b{batch}"] = latency[f"speedup_b{batch}"] / flops_ratio
         row[f"folded_efficiency_b{big}"] = latency[f"folded_speedup_b{big}"] / flops_ratio
+        if f"ort_speedup_b{big}" in latency:
+            row[f"ort_efficiency_b{big}"] = latency[f"ort_speedup_b{big}"] / flops_ratio
     except Exception as err:  # one failing method must not sink the comparison
         traceback.print_exc()
         row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -294,10 +316,16 @@ class DenseStart:
     reference: torch.nn.Module
     reference_folded: torch.nn.Module
     sizes: dict[str, Any]
+    reference_ort: Any | None = None
 
 
-def dense_start(setup: TaskSetup, runner: Runner, cache_dir: Path | None) -> DenseStart:
-    """Train (or load from the cache) the dense checkpoint with ``runner``'s seed."""
+def dense_start(
+    setup: TaskSetup, runner: Runner, cache_dir: Path | None, ort_threads: int | None = None
+) -> DenseStart:
+    """Train (or load from the cache) the dense checkpoint with ``runner``'s seed.
+
+    ``ort_threads``: also load it in ONNX Runtime with that many threads (``None``: no).
+    """
     state, info = dense_checkpoint(setup, runner, cache_dir)
     info = {**info, "seed": runner.seed}
     reference = setup.build_net()
@@ -305,7 +333,8 @@ def dense_start(setup: TaskSetup, runner: Runner, cache_dir: Path | None) -> Den
     reference.eval()
     example = setup.example(1)
     folded = lp.fold_batchnorm(reference, example)
-    return DenseStart(state, info, reference, folded, describe_model(reference, example))
+    session = None if ort_threads is None else onnxruntime_session(reference, example, ort_threads)
+    return DenseStart(state, info, reference, folded, describe_model(reference, example), session)
 
 
 def _is_done(rows: list[dict[str, Any]], task: str, method: str, target: Any, seed: int) -> bool:
@@ -397,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         shared: DenseStart | None = None
         if not args.dense_per_seed:
             shared = dense_start(
-                setup, Runner(args.accelerator, devices, args.precision, DATA_SEED), cache
+                setup,
+                Runner(args.accelerator, devices, args.precision, DATA_SEED),
+                cache,
+                profile.latency_threads or profile.threads,
             )
             _log(f"{task_name}: shared dense checkpoint {shared.info}")
         methods = resolve_methods(args.methods, task_name, tprof.methods)
@@ -418,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
             runner = Runner(args.accelerator, devices, args.precision, seed)
             start = shared
             if start is None:
-                start = dense_start(setup, runner, cache)
+                start = dense_start(
+                    setup, runner, cache, profile.latency_threads or profile.threads
+                )
                 _log(f"{task_name}: seed {seed}: dense checkpoint {start.info}")
             meta["tasks"][task_name]["dense_checkpoints"][str(seed)] = start.info
             meta["tasks"][task_name]["dense_flops"] = start.sizes["flops"]
@@ -449,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                         start.sizes["params"],
                         profile,
                         data,
+                        start.reference_ort,
                     )
                     rows.append(row)
                     summary = (

@@ -69,6 +69,17 @@ def paired_latency(
     return out
 
 
+def onnxruntime_session(net: nn.Module, example: torch.Tensor, threads: int) -> Any | None:
+    """``net`` exported as ``lp.export_onnx`` does (checked, widths padded) and loaded in ONNX
+    Runtime (CPU execution provider, ``threads`` intra-op threads); ``None`` without the
+    ``deploy`` extra."""
+    from lightning_prune.deploy import deploy_available, to_onnxruntime
+
+    if not deploy_available():
+        return None
+    return to_onnxruntime(net.cpu().eval(), example, threads=threads)
+
+
 def is_physically_smaller(net: nn.Module, dense_params: int) -> bool:
     """Whether the network holds fewer parameters than the dense one (masks do not count)."""
     return lp.count_params(net) < dense_params

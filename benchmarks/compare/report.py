@@ -177,9 +177,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for key in _AVERAGED:
                 entry[f"{key}_mean"] = mean_std([r[key] for r in ok])[0]
             for key in sorted({k for r in ok for k in r}):
-                if key.startswith(("speedup_b", "folded_speedup_b", "efficiency_b")) or (
-                    key.startswith("folded_efficiency_b")
-                ):
+                if key.startswith(
+                    ("speedup_b", "folded_speedup_b", "efficiency_b", "ort_speedup_b")
+                ) or key.startswith(("folded_efficiency_b", "ort_efficiency_b")):
                     entry[f"{key}_mean"] = mean_std([r.get(key, math.nan) for r in ok])[0]
         out.append(entry)
     return out
@@ -366,6 +366,7 @@ SUMMARY_COLUMNS = {
     "speedup_b1": "speedup b1",
     "speedup_bN": "speedup bN",
     "folded_speedup_bN": "speedup bN, BN folded",
+    "ort_speedup_bN": "speedup bN, ONNX Runtime",
     "train_s": "train s",
     "prune_s": "prune s",
 }
@@ -385,6 +386,7 @@ COLUMNS = {
     "latency_ms_bN": "ms bN",
     "speedup_bN": "speedup bN",
     "folded_speedup_bN": "speedup bN, BN folded",
+    "ort_speedup_bN": "speedup bN, ONNX Runtime",
     "train_s": "train s",
     "prune_s": "prune s",
 }
@@ -431,6 +433,7 @@ def _summary_rows(summary: Sequence[Mapping[str, Any]], task: str, big: int | No
                     "speedup_b1": e.get("speedup_b1_mean"),
                     "speedup_bN": e.get(f"speedup_b{big}_mean") if big else None,
                     "folded_speedup_bN": e.get(f"folded_speedup_b{big}_mean") if big else None,
+                    "ort_speedup_bN": e.get(f"ort_speedup_b{big}_mean") if big else None,
                     "train_s": e["train_s_mean"],
                     "prune_s": e["prune_s_mean"],
                 }
@@ -464,6 +467,7 @@ def _table_rows(rows: Sequence[Mapping[str, Any]], task: str) -> tuple[list[dict
                 "latency_ms_bN": r.get(f"latency_ms_b{big}") if big else None,
                 "speedup_bN": r.get(f"speedup_b{big}") if big else None,
                 "folded_speedup_bN": r.get(f"folded_speedup_b{big}") if big else None,
+                "ort_speedup_bN": r.get(f"ort_speedup_b{big}") if big else None,
                 "train_s": r["train_s"],
                 "prune_s": r["prune_s"],
             }
@@ -475,7 +479,7 @@ def _with_batch(columns: Mapping[str, str], metric: str, big: int | None) -> dic
     cols = dict(columns)
     cols["score"] = metric
     if big is not None:
-        for key in ("latency_ms_bN", "speedup_bN", "folded_speedup_bN"):
+        for key in ("latency_ms_bN", "speedup_bN", "folded_speedup_bN", "ort_speedup_bN"):
             if key in cols:
                 cols[key] = cols[key].replace("bN", f"b{big}")
     return cols
