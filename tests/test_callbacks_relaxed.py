@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 import lightning_prune as lp
 from lightning_prune.callbacks import RelaxedPruning
 from lightning_prune.callbacks.relaxed_pruning import MIXIN_CONFLICT, default_example_inputs
+from lightning_prune.deploy import deploy_available
 
 
 def test_full_pipeline_on_unmodified_module(tmp_path):
@@ -173,3 +174,26 @@ def test_training_step_returning_none_is_an_error(tmp_path):
     with pytest.raises(MisconfigurationException) as info:
         trainer.fit(ReturnsNone(width=8), make_loader(8, 8))
     assert str(info.value) == RETURNED_NONE
+
+
+@pytest.mark.skipif(
+    not deploy_available(),
+    reason="the deploy extra is not installed",
+)
+def test_one_callback_also_exports_onnx(tmp_path):
+    from lightning_prune.deploy import OnnxRuntimeModule, max_relative_error
+
+    torch.manual_seed(0)
+    module = PlainModule(width=8)
+    cb = RelaxedPruning(target=0.5, dirpath=str(tmp_path / "pruned"), export_onnx=True)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[cb]))
+    trainer.fit(module, make_loader(32, 8))
+    files = sorted(p.name for p in (tmp_path / "pruned").iterdir())
+    assert files == ["pruned.json", "pruned.onnx", "pruned.safetensors"]
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = module.eval()(x)
+    got = OnnxRuntimeModule(tmp_path / "pruned" / "pruned.onnx", threads=1)(x)
+    assert max_relative_error([expected], [got]) <= 1e-4
+    with pytest.raises(ValueError, match=r"needs collapse=True"):
+        RelaxedPruning(collapse=False, export_onnx=True)

@@ -110,6 +110,8 @@ class RelaxedPruning(Callback):
         dirpath: where it saves the compact weights and plan (``None``: the log dir).
         filename: their file stem.
         round_to: round kept widths up to a multiple of this.
+        export_onnx: also write the collapsed network as a checked ONNX file next to its plan
+            (``pruned.onnx``, :func:`lightning_prune.export_onnx`; needs the ``deploy`` extra).
         gate_optimizer: ``"adam"``: the gates' own optimizer; ``"shared"``: the module's.
         separate_gate_group: with ``"shared"``, give gate parameters their own optimizer group.
         gate_lr: learning rate of the gates (``None``: derived from the schedule; with
@@ -147,6 +149,7 @@ class RelaxedPruning(Callback):
         dirpath: str | None = None,
         filename: str = "pruned",
         round_to: int = 1,
+        export_onnx: bool = False,
         gate_optimizer: Literal["adam", "shared"] = "adam",
         separate_gate_group: bool = True,
         gate_lr: float | None = None,
@@ -192,7 +195,12 @@ class RelaxedPruning(Callback):
             self.callbacks["monitor"] = SparsityMonitor(log_every_n_steps=log_every_n_steps)
         if collapse:
             self.callbacks["collapse"] = NetworkCollapse(
-                dirpath=dirpath, filename=filename, round_to=round_to
+                dirpath=dirpath, filename=filename, round_to=round_to, export_onnx=export_onnx
+            )
+        elif export_onnx:
+            raise ValueError(
+                "RelaxedPruning(export_onnx=True) exports the collapsed network, so it needs "
+                "collapse=True (or add NetworkCollapse(export_onnx=True) yourself)."
             )
         self._example: torch.Tensor | tuple[torch.Tensor, ...] | None = None
 
