@@ -15,24 +15,13 @@ from lightning_prune.deploy import export as export_module
 from lightning_prune.deploy import extra as extra_module
 from lightning_prune.models import build_model
 from lightning_prune.profiling import measure_latency
+from tests.zoo import randomise_norms
 
 needs_deploy = pytest.mark.skipif(
     not deploy_available(),
     reason="the deploy extra is not installed (pip install lightning-prune[deploy]: "
     "onnx, onnxscript, onnxruntime)",
 )
-
-
-def _randomise_norms(model: nn.Module) -> nn.Module:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                module.running_var.uniform_(0.5, 2.0, generator=gen)
-                module.weight.uniform_(0.5, 1.5, generator=gen)
-                module.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model.eval()
 
 
 def _small() -> nn.Module:
@@ -48,14 +37,14 @@ def _small() -> nn.Module:
         nn.Flatten(),
         nn.Linear(4, 3),
     )
-    return _randomise_norms(net)
+    return randomise_norms(net)
 
 
 @pytest.fixture(scope="module")
 def collapsed_resnet(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A collapsed CIFAR ResNet-20 exported once; the tests share the file."""
     torch.manual_seed(0)
-    net = _randomise_norms(build_model("cifar_resnet20", num_classes=10))
+    net = randomise_norms(build_model("cifar_resnet20", num_classes=10))
     x = torch.randn(2, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

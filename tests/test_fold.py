@@ -10,20 +10,7 @@ from torch import nn
 
 import lightning_prune as lp
 from lightning_prune.models import build_model
-
-
-def _randomise_norms(model: nn.Module) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters (as after training)."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-                module.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                module.running_var.uniform_(0.5, 2.0, generator=gen)
-                if module.weight is not None:
-                    module.weight.uniform_(0.5, 1.5, generator=gen)
-                    module.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model.eval()
+from tests.zoo import randomise_norms
 
 
 def _norms(model: nn.Module) -> int:
@@ -31,7 +18,7 @@ def _norms(model: nn.Module) -> int:
 
 
 def test_folds_a_collapsed_resnet_exactly() -> None:
-    net = _randomise_norms(build_model("cifar_resnet20", num_classes=10))
+    net = randomise_norms(build_model("cifar_resnet20", num_classes=10))
     x = torch.randn(4, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -75,7 +62,7 @@ class _Shapes(nn.Module):
 
 
 def test_folds_only_exact_patterns() -> None:
-    model = _randomise_norms(_Shapes())
+    model = randomise_norms(_Shapes())
     x = torch.randn(3, 3, 8, 8)
     ref = model(x)
     folded = lp.fold_batchnorm(model, x)
@@ -102,7 +89,7 @@ def test_shared_module_is_not_folded_and_inplace_returns_model() -> None:
             x = self.norm(self.conv(x))  # both called twice: no exact single fold
             return self.head_norm(self.head(x))
 
-    model = _randomise_norms(Twice())
+    model = randomise_norms(Twice())
     x = torch.randn(2, 3, 5, 5)
     ref = model(x)
     out = lp.fold_batchnorm(model, x, inplace=True)

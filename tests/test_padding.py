@@ -12,23 +12,12 @@ from torch import nn
 import lightning_prune as lp
 from lightning_prune.deploy import deploy_available
 from lightning_prune.models import build_model
-
-
-def _randomise_norms(model: nn.Module) -> nn.Module:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                module.running_var.uniform_(0.5, 2.0, generator=gen)
-                module.weight.uniform_(0.5, 1.5, generator=gen)
-                module.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model.eval()
+from tests.zoo import randomise_norms
 
 
 def _collapsed(net: nn.Module, x: torch.Tensor, keep: float = 0.55) -> nn.Module:
     torch.manual_seed(0)
-    net = _randomise_norms(net)
+    net = randomise_norms(net)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gates = lp.augment(net, x)

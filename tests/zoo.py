@@ -74,6 +74,20 @@ def random_masks(gates: list[lp.gates.ChannelGate], seed: int = 0, closed_every:
         gate.set_mask(mask)
 
 
+def randomise_norms(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters (as after training)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                module.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                module.running_var.uniform_(0.5, 2.0, generator=gen)
+                if module.weight is not None:
+                    module.weight.uniform_(0.5, 1.5, generator=gen)
+                    module.bias.uniform_(-0.2, 0.2, generator=gen)
+    return model.eval()
+
+
 def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = max(float(a.abs().max()), 1e-12)
     return float((a - b).abs().max()) / scale

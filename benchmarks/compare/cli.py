@@ -255,30 +255,23 @@ def run_row(
         # the same timing after lp.fold_batchnorm (as an inference deployment would run it),
         # at the largest batch
         big = task.profile.latency_batches[-1]
-        folded = lp.fold_batchnorm(net, example)
-        folded_latency = paired_latency(
-            folded,
-            folded if spec.family == "dense" else reference_folded,
-            example,
-            [big],
-            profile.latency_rounds,
-            profile.latency_repeats,
-            profile.latency_threads or profile.threads,
-        )
-        latency.update({f"folded_{k}": v for k, v in folded_latency.items()})
         threads = profile.latency_threads or profile.threads
-        if reference_ort is not None:  # as deployed: lp.export_onnx's file in ONNX Runtime
-            session = onnxruntime_session(net, example, threads)
-            ort_latency = paired_latency(
-                session,
-                session if spec.family == "dense" else reference_ort,
+
+        def at_big_batch(prefix: str, deployed: Any, deployed_reference: Any) -> None:
+            pair = paired_latency(
+                deployed,
+                deployed if spec.family == "dense" else deployed_reference,
                 example,
                 [big],
                 profile.latency_rounds,
                 profile.latency_repeats,
                 threads,
             )
-            latency.update({f"ort_{k}": v for k, v in ort_latency.items()})
+            latency.update({f"{prefix}_{k}": v for k, v in pair.items()})
+
+        at_big_batch("folded", lp.fold_batchnorm(net, example), reference_folded)
+        if reference_ort is not None:  # as deployed: lp.export_onnx's file in ONNX Runtime
+            at_big_batch("ort", onnxruntime_session(net, example, threads), reference_ort)
         flops_ratio = ctx.dense_flops / max(sizes["flops"], 1)
         row.update(
             {

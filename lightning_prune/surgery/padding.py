@@ -27,6 +27,7 @@ from torch import nn
 
 from lightning_prune.errors import NothingToPruneError, PruningError
 from lightning_prune.graph.trace import ExampleInputs, as_input_tuple
+from lightning_prune.surgery.collapsing import _compare
 from lightning_prune.surgery.resize import get_slicer
 from lightning_prune.surgery.state import (
     ModuleSpec,
@@ -169,25 +170,6 @@ def _padded_index(
     return torch.tensor(index, dtype=torch.long)
 
 
-def _outputs(model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> list[list[torch.Tensor]]:
-    from lightning_prune.surgery.collapsing import _flatten
-
-    with torch.no_grad():
-        return [_flatten(model(*batch)) for batch in batches]
-
-
-def _error(reference: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> float:
-    worst = 0.0
-    for ref, out in zip(reference, got):
-        if len(ref) != len(out) or any(a.shape != b.shape for a, b in zip(ref, out)):
-            return float("inf")
-        for a, b in zip(ref, out):
-            if a.numel():
-                scale = max(float(a.abs().max()), 1e-12)
-                worst = max(worst, float((a - b).abs().max()) / scale)
-    return worst
-
-
 def pad_channels(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -242,7 +224,8 @@ def pad_channels(
             for t in inputs
         ),
     ]
-    reference = _outputs(work, batches)
+    with torch.no_grad():
+        reference = [work(*batch) for batch in batches]
     try:
         augment(work, inputs)
     except NothingToPruneError:  # no channel group left to grow: nothing to pad
@@ -261,7 +244,8 @@ def pad_channels(
         get_slicer(module)(module, in_idx, out_idx)
         changed += 1
     work.eval()
-    error = _error(reference, _outputs(work, batches))
+    with torch.no_grad():
+        error = max(_compare(ref, work(*batch), rtol) for ref, batch in zip(reference, batches))
     if not error <= rtol:
         raise PruningError(
             f"Padding {type(model).__name__}'s channels to multiples of {multiple} changed its "
