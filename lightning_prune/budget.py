@@ -18,6 +18,10 @@ the relaxed network while it trains) and, on every step:
    ``margin`` times the pull's noise: towards closing for units outside the keep set, towards
    opening for units inside it that are not yet decidedly open, zero for the rest.
 
+Every group keeps a floor of its units (``floor`` times the share a uniform pruning would keep):
+the importances are first-order and additive, so on their own they let a layer empty out
+whose last channels the task cannot do without.
+
 The penalty is ``sum_i lambda_i * p_i`` over keep-probabilities ``p_i``; the gates (with their
 own Adam optimizer) then move to the knapsack's answer at a speed set by the schedule, the
 ranking keeps learning as the network adapts (a unit whose importance rises re-enters the keep
@@ -46,11 +50,13 @@ def keep_set(
     keys: list[torch.Tensor | None],
     target: float,
     kind: CostKind = "flops",
+    min_keep: float = 0.0,
 ) -> list[torch.Tensor]:
     """The units with the highest ``keys`` whose relaxed cost ratio fits ``target``.
 
-    Gates without keys (``None``) are kept whole. The relaxed cost is evaluated at the 0/1
-    values of each candidate set (the exact, bilinear cost model of
+    Gates without keys (``None``) are kept whole, and each gate's ``round(min_keep * n)``
+    highest-keyed units are always kept (a floor per group). The relaxed cost is evaluated at
+    the 0/1 values of each candidate set (the exact, bilinear cost model of
     :func:`lightning_prune.relaxed_cost`), and the threshold on the keys is found by bisection
     over their sorted values.
 
@@ -81,9 +87,12 @@ def keep_set(
         values = [m.to(device=device, dtype=torch.float32) for m in masks_at(threshold)]
         return float(lp.relaxed_cost(model, kind=kind, values=values)) / dense
 
+    if min_keep > 0.0:
+        keys = [None if k is None else _with_floor(k, min_keep) for k in keys]
     known = [k.flatten().cpu() for k in keys if k is not None]
-    if not known:
-        return masks_at(math.inf)
+    known = [k[torch.isfinite(k)] for k in known]
+    if not any(k.numel() for k in known):  # no keys, or every unit under the floor
+        return masks_at(-math.inf)
     candidates = torch.unique(torch.cat(known))
     below = torch.cat([candidates[:1] - 1.0, candidates])  # "keep everything" first
     low, high = 0, len(below) - 1
@@ -121,6 +130,13 @@ class AdaptiveController(TargetController):
         decided: a unit in the keep set whose keep-probability is at least ``1 - decided / 2``
             gets no push (it is open already, with room inside the decided band of
             :class:`~lightning_prune.PruningSchedule`; pushing further would only saturate it).
+        floor: every channel group keeps at least ``floor * sqrt(target)`` of its units, i.e.
+            ``floor`` times the share a uniform pruning to the target would keep (rounded to
+            whole units). The importances are first-order, so they miss that a layer grows
+            more important as it empties; without a floor the knapsack starved the
+            full-resolution decoder of a U-Net to 4 of 16 channels, and the network lost 29
+            points of mIoU where a uniform width lost 7 (measured on generated shapes). ``0``
+            lets a group shrink to its last unit (paper 1's unconstrained structure).
         snap_at_end: final budget snap (see :class:`TargetController`).
         snap_tolerance: deviation accepted without snapping.
 
@@ -141,6 +157,7 @@ class AdaptiveController(TargetController):
         smoothing: float = 0.05,
         decided: float = 0.05,
         importance_weight: float = 0.5,
+        floor: float = 0.7,
         snap_at_end: bool = True,
         snap_tolerance: float = 0.005,
     ) -> None:
@@ -155,6 +172,9 @@ class AdaptiveController(TargetController):
         self.importance_weight = float(importance_weight)
         self.smoothing = float(smoothing)
         self.decided = float(decided)
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"floor must lie in [0, 1], got {floor}.")
+        self.floor = float(floor)
         self.smoothing_steps = 20.0
         #: Per gate, the multiplier of each unit (``None`` before the first observation).
         self.unit_multipliers: list[torch.Tensor] | None = None
@@ -162,6 +182,11 @@ class AdaptiveController(TargetController):
         self.keep: list[torch.Tensor] | None = None
         self._mean: list[torch.Tensor | None] | None = None
         self._square: list[torch.Tensor | None] | None = None
+
+    @property
+    def min_keep(self) -> float:
+        """Share of every group's units the knapsack always keeps: ``floor * sqrt(target)``."""
+        return self.floor * math.sqrt(self.target)
 
     def configure(self, structure_steps: int) -> None:
         """Derive the smoothing window from the structure phase's length."""
@@ -215,7 +240,7 @@ class AdaptiveController(TargetController):
             # the gates' own positions (their integrated evidence) decide; the importance per
             # cost of this step's statistics orders units that sit close together
             keys.append(position + self.importance_weight * rank)
-        self.keep = keep_set(model, keys, self.current_target, self.kind)
+        self.keep = keep_set(model, keys, self.current_target, self.kind, self.min_keep)
         scale = torch.cat(
             [
                 m.abs() + (q - m * m).clamp(min=0.0).sqrt()
@@ -284,6 +309,16 @@ class AdaptiveController(TargetController):
         self._mean = state.get("mean")
         self._square = state.get("square")
         self.unit_multipliers = state.get("unit_multipliers")
+
+
+def _with_floor(key: torch.Tensor, min_keep: float) -> torch.Tensor:
+    """``key`` with its ``round(min_keep * n)`` highest entries raised to infinity (always kept)."""
+    count = min(round(min_keep * key.numel()), key.numel())
+    if count <= 0:
+        return key
+    floored = key.clone()
+    floored.view(-1)[key.flatten().topk(count).indices] = math.inf
+    return floored
 
 
 def _shapes(values: list[torch.Tensor | None]) -> list[tuple[int, ...] | None]:

@@ -61,13 +61,13 @@ class DigitsClassifier(L.LightningModule):
         }
 
 
-def _segmenter(gate: str | None) -> SegmentationModule:
+def _segmenter(gate: str | None, lr: float) -> SegmentationModule:
     return SegmentationModule(
         "tiny_unet",
         num_classes=4,
         net_kwargs={"base_width": 16, "depth": 2},
         input_shape=(3, 32, 32),
-        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+        optimizer=functools.partial(torch.optim.Adam, lr=lr),
         scheduler_interval="step",
         ignore_index=None,
         gate=gate,
@@ -84,8 +84,23 @@ TASKS = {
             size=(32, 32), num_train=384, num_val=64, num_test=128, batch_size=24
         ),
         "example": torch.zeros(2, 3, 32, 32),
+        "lr": 1e-2,
+    },
+    # the 20-epoch runs: with 384 images the dense U-Net's mIoU after 20 epochs varied by 10
+    # points between seeds (0.40-0.50), too noisy to hold a 2-point comparison
+    "segmentation_long": {
+        "data": lambda: ShapesDataModule(
+            size=(32, 32), num_train=1536, num_val=64, num_test=128, batch_size=24
+        ),
+        "example": torch.zeros(2, 3, 32, 32),
+        "lr": 3e-3,
     },
 }
+
+
+def _regime(task: str, epochs: int) -> str:
+    """The ``TASKS`` entry of a run: long segmentation runs train on more images."""
+    return "segmentation_long" if task == "segmentation" and epochs >= 20 else task
 
 
 def _trainer(epochs: int, callbacks=()) -> L.Trainer:
@@ -106,7 +121,7 @@ def _trainer(epochs: int, callbacks=()) -> L.Trainer:
 def _fresh(task: str, gate: str | None = None) -> L.LightningModule:
     if task == "classification":
         return DigitsClassifier()
-    return _segmenter(gate)
+    return _segmenter(gate, TASKS[task]["lr"])
 
 
 @functools.cache
@@ -180,14 +195,15 @@ def _pruned(task: str, start: str, epochs: int, gate: str, directory):
     return probe.outcome, ratio, _score(task, module.net)
 
 
-# the 20-epoch runs take about 15 minutes together on 2 cores: `bash scripts/test.sh -m slow`
+# the 20-epoch runs take about 40 minutes together on 2 cores: `bash scripts/test.sh -m slow`
 @pytest.mark.parametrize("epochs", [2, pytest.param(20, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("start", ["scratch", "trained"])
 @pytest.mark.parametrize("gate", FAMILIES)
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_relaxation_learns_the_structure(task, gate, start, epochs, tmp_path):
-    outcome, ratio, score = _pruned(task, start, epochs, gate, tmp_path)
-    dense = _dense(task, start, epochs)
+    regime = _regime(task, epochs)
+    outcome, ratio, score = _pruned(regime, start, epochs, gate, tmp_path)
+    dense = _dense(regime, start, epochs)
     summary = (
         f"{task} {gate} {start} {epochs} epochs: relaxed ratio "
         f"{outcome['relaxed_flops_ratio_before_snap']:.3f} before the final phase, snap share "
@@ -200,10 +216,10 @@ def test_relaxation_learns_the_structure(task, gate, start, epochs, tmp_path):
     assert outcome["snap_share"] < 0.05, summary
     assert abs(ratio - TARGET) <= 0.02, summary
     if task == "segmentation" and score < dense - 0.02:
-        # Known gap, issue 11 (open): on Shapes the pruned U-Net trails the dense one by 2-7
-        # points of mIoU at 2 epochs from a trained start (seeds 1-4: -2.3, -5.6, -3.6, -3.5;
-        # before the penalty stopped leaking into the importances: -0.2, -6.9, -3.6, -3.5) and
-        # by 8 points at 20 epochs with 1,536 training images (0.81 vs 0.89). Reported, not
-        # hidden: the structure assertions above still hold it to the target.
+        # Known gap, issue 11 (open): the pruned U-Net trails the dense one. 20 epochs, 1,536
+        # images, seed 1: sigmoid from scratch 0.833 vs 0.865 (0.573 without the controller's
+        # per-group floor), hard-concrete 0.764, from a trained start 0.818 vs 0.851; a uniform
+        # half-FLOPs U-Net trained dense reaches 0.799. The 2-epoch runs are at noise level.
+        # Reported, not hidden: the structure assertions above still hold it to the target.
         pytest.xfail(f"segmentation accuracy below dense (issue 11): {summary}")
     assert score >= dense - 0.02, summary

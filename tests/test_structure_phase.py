@@ -71,6 +71,31 @@ def test_keep_set_fits_the_target_with_the_most_important_units():
             assert float(lp.relaxed_cost(net, values=[more.float()])) / lp.dense_cost(net) > target
 
 
+def test_keep_set_keeps_a_floor_of_every_group():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1),
+    )  # fmt: skip
+    lp.augment(net, torch.zeros(1, 3, 12, 12))
+    # the task ranks every unit of the first group below every unit of the second
+    keys = [torch.arange(8, dtype=torch.float64), torch.arange(8, 16, dtype=torch.float64)]
+    free = keep_set(net, keys, 0.4)
+    floored = keep_set(net, keys, 0.4, min_keep=0.5)
+    assert int(free[0].sum()) < 4  # without a floor the first group empties out
+    assert int(floored[0].sum()) == 4 and floored[0][4:].all()  # its 4 best units stay
+    ratio = float(lp.relaxed_cost(net, values=[k.float() for k in floored])) / lp.dense_cost(net)
+    assert ratio <= 0.4 + 1e-9
+    everything = keep_set(net, keys, 0.01, min_keep=0.5)  # the floor wins over the target
+    assert [int(k.sum()) for k in everything] == [4, 4]
+
+
+def test_adaptive_controller_floor_follows_the_uniform_share():
+    assert AdaptiveController(target=0.25).min_keep == pytest.approx(0.7 * 0.5)
+    assert AdaptiveController(target=0.25, floor=0.0).min_keep == 0.0
+    with pytest.raises(ValueError, match=r"floor must lie in \[0, 1\], got 1.5"):
+        AdaptiveController(target=0.25, floor=1.5)
+
+
 def test_adaptive_controller_pushes_the_knapsack_answer():
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
