@@ -87,10 +87,12 @@ def keep_set(
         values = [m.to(device=device, dtype=torch.float32) for m in masks_at(threshold)]
         return float(lp.relaxed_cost(model, kind=kind, values=values)) / dense
 
+    if not 0.0 <= min_keep <= 1.0:
+        raise ValueError(f"min_keep is a share of each group's units in [0, 1], got {min_keep}.")
     if min_keep > 0.0:
         keys = [None if k is None else _with_floor(k, min_keep) for k in keys]
     known = [k.flatten().cpu() for k in keys if k is not None]
-    known = [k[torch.isfinite(k)] for k in known]
+    known = [k[torch.isfinite(k)] for k in known]  # floored units are not candidates
     if not any(k.numel() for k in known):  # no keys, or every unit under the floor
         return masks_at(-math.inf)
     candidates = torch.unique(torch.cat(known))
@@ -313,7 +315,7 @@ class AdaptiveController(TargetController):
 
 def _with_floor(key: torch.Tensor, min_keep: float) -> torch.Tensor:
     """``key`` with its ``round(min_keep * n)`` highest entries raised to infinity (always kept)."""
-    count = min(round(min_keep * key.numel()), key.numel())
+    count = round(min_keep * key.numel())
     if count <= 0:
         return key
     floored = key.clone()

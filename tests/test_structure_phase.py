@@ -87,6 +87,10 @@ def test_keep_set_keeps_a_floor_of_every_group():
     assert ratio <= 0.4 + 1e-9
     everything = keep_set(net, keys, 0.01, min_keep=0.5)  # the floor wins over the target
     assert [int(k.sum()) for k in everything] == [4, 4]
+    with pytest.raises(
+        ValueError, match=r"min_keep is a share of each group's units in \[0, 1\], got 2"
+    ):
+        keep_set(net, keys, 0.4, min_keep=2)
 
 
 def test_adaptive_controller_floor_follows_the_uniform_share():
