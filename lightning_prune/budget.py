@@ -10,8 +10,9 @@ it does nothing (or prunes everything) in another.
 (the loss gradient on the gate's value: the first-order loss of closing the unit, measured on
 the relaxed network while it trains) and, on every step:
 
-1. ranks units by *importance per cost*: smoothed pull divided by the unit's price (the cost
-   ratio's gradient on its keep-probability);
+1. ranks units by *importance per cost*: the pull's root mean square over recent mini-batches
+   (Molchanov et al. 2019's squared Taylor criterion; the mean pull alone is noise at a trained
+   network) divided by the unit's price (the cost ratio's gradient on its keep-probability);
 2. solves the knapsack: the most important units whose relaxed cost fits the current target
    stay (:func:`keep_set`, a bisection on the exact cost model); the others should close;
 3. gives each unit its own multiplier, just strong enough to beat the task's pull on it by
@@ -33,16 +34,50 @@ gates' own gradient statistics and the knapsack is re-solved every step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from lightning_prune._registry import Registry
 from lightning_prune.controller import CONTROLLERS, CostKind, Measure, TargetController
 
-__all__ = ["MIN_SMOOTHING_STEPS", "AdaptiveController", "keep_set"]
+__all__ = [
+    "MIN_SMOOTHING_STEPS",
+    "PULL_IMPORTANCES",
+    "AdaptiveController",
+    "keep_set",
+    "taylor",
+    "taylor_squared",
+]
 
 #: Fewest steps the importance estimates average over (their noise needs a few samples).
 MIN_SMOOTHING_STEPS = 4.0
+
+#: A unit's importance from its smoothed pull statistics ``(mean, square)``: the moving
+#: averages of the pull (the first-order loss of closing the unit) and of its square.
+PullImportance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: How :class:`AdaptiveController` reads a unit's importance from its pull statistics.
+PULL_IMPORTANCES: Registry[PullImportance] = Registry("pull importance")
+
+
+@PULL_IMPORTANCES.register("taylor_squared")
+def taylor_squared(mean: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+    """Root mean square of the pull over mini-batches (Molchanov et al. 2019's squared Taylor).
+
+    At a trained network the mean pull of every unit is near zero (the loss sits at a minimum)
+    and its sign is noise; the pull's spread over mini-batches still measures how much the loss
+    depends on the unit (it estimates the Fisher information, the curvature of closing it). Far
+    from a minimum the mean dominates, and this orders units as :func:`taylor` does.
+    """
+    return square.clamp(min=0.0).sqrt()
+
+
+@PULL_IMPORTANCES.register("taylor")
+def taylor(mean: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+    """The mean pull: the first-order loss of closing the unit (noise at a trained network)."""
+    return mean
 
 
 def keep_set(
@@ -139,6 +174,15 @@ class AdaptiveController(TargetController):
             full-resolution decoder of a U-Net to 4 of 16 channels, and the network lost 29
             points of mIoU where a uniform width lost 7 (measured on generated shapes). ``0``
             lets a group shrink to its last unit (paper 1's unconstrained structure).
+        importance: how a unit's importance is read from its pull statistics, a name in
+            :data:`PULL_IMPORTANCES`: ``"taylor_squared"`` (the pull's root mean square over
+            mini-batches) or ``"taylor"`` (its mean). From a trained network the mean pull is
+            noise, and the knapsack chose a different, worse structure with every seed:
+            ResNet-20 on CIFAR-10 at 25% of the FLOPs, 6 epochs from a trained checkpoint,
+            64.7% (63.9-65.8, 3 seeds) with ``"taylor"``, 67.3% (66.3-68.2) with
+            ``"taylor_squared"``. The root mean square is blind to the pull's sign, as
+            Molchanov's criterion is: a unit whose closing would lower the loss on every
+            batch ranks by the size of that effect too.
         snap_at_end: final budget snap (see :class:`TargetController`).
         snap_tolerance: deviation accepted without snapping.
 
@@ -160,6 +204,7 @@ class AdaptiveController(TargetController):
         decided: float = 0.05,
         importance_weight: float = 0.5,
         floor: float = 0.7,
+        importance: str = "taylor_squared",
         snap_at_end: bool = True,
         snap_tolerance: float = 0.005,
     ) -> None:
@@ -177,6 +222,8 @@ class AdaptiveController(TargetController):
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"floor must lie in [0, 1], got {floor}.")
         self.floor = float(floor)
+        self.importance = importance
+        self._importance = PULL_IMPORTANCES.get(importance)
         self.smoothing_steps = 20.0
         #: Per gate, the multiplier of each unit (``None`` before the first observation).
         self.unit_multipliers: list[torch.Tensor] | None = None
@@ -222,8 +269,10 @@ class AdaptiveController(TargetController):
         with torch.no_grad():
             positions = [g.decision_logits().detach().cpu().double() for g in gates]
         value = [
-            None if m is None or c is None else m / c.detach().double().cpu().abs().clamp(min=1e-12)
-            for m, c in zip(self._mean, costs)
+            None
+            if m is None or q is None or c is None
+            else self._importance(m, q) / c.detach().double().cpu().abs().clamp(min=1e-12)
+            for m, q, c in zip(self._mean, self._square, costs)
         ]
         known = [v for v in value if v is not None]
         if not known:

@@ -100,6 +100,39 @@ def test_adaptive_controller_floor_follows_the_uniform_share():
         AdaptiveController(target=0.25, floor=1.5)
 
 
+def _ranked_by(importance, spread, steps=40):
+    """The keep set after ``steps`` zero-mean pulls of the given spread (a trained network)."""
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
+    )
+    lp.augment(net, torch.zeros(1, 3, 8, 8))
+    controller = AdaptiveController(target=0.5, floor=0.0, importance=importance)
+    controller.configure(100)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        sign = torch.randint(0, 2, (8,), generator=generator) * 2.0 - 1.0
+        controller.observe(net, [sign * spread], [torch.full((8,), 0.1)])
+    return controller.keep[0]
+
+
+def test_adaptive_controller_ranks_a_trained_network_by_the_pulls_spread():
+    # at a minimum the mean pull is noise; how far it swings between batches says which
+    # units the loss depends on
+    spread = torch.tensor([0.1, 2.0, 0.2, 1.5, 0.3, 1.0, 0.05, 3.0])
+    assert _ranked_by("taylor_squared", spread).tolist() == (spread >= 1.0).tolist()
+    assert _ranked_by("taylor", spread).tolist() != (spread >= 1.0).tolist()
+    assert AdaptiveController(target=0.5).importance == "taylor_squared"
+
+
+def test_adaptive_controller_names_an_unknown_importance():
+    with pytest.raises(
+        KeyError,
+        match=r"Unknown pull importance 'taylor_sqared'\. Available: taylor, "
+        r"taylor_squared\. Did you mean 'taylor_squared'\?",
+    ):
+        AdaptiveController(target=0.5, importance="taylor_sqared")
+
+
 def test_adaptive_controller_pushes_the_knapsack_answer():
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
@@ -107,7 +140,7 @@ def test_adaptive_controller_pushes_the_knapsack_answer():
     lp.augment(net, torch.zeros(1, 3, 8, 8))
     controller = AdaptiveController(target=0.5)
     controller.configure(100)
-    pulls = [torch.linspace(-1.0, 1.0, 8)]  # the task wants the last units most
+    pulls = [torch.linspace(0.0, 1.0, 8)]  # the task wants the last units most
     prices = [torch.full((8,), 0.1)]
     controller.observe(net, pulls, prices)
     (lam,) = controller.unit_multipliers
