@@ -4,7 +4,7 @@ The models of timm's convolutional families (:data:`tests.timm_zoo.CNN_MODULES`)
 60 M parameters, randomly initialised: each must collapse exactly (equal to the gated model
 on an input collapse has not seen, FLOPs as ``hard_cost`` predicted) or be refused with the
 reason the README's support table gives. Nothing else may be raised. Marked slow (about an
-hour on 2 cores): ``pytest -m slow tests/test_timm_all.py``.
+hour on 2 cores): ``pytest -m slow -s tests/test_timm_all.py`` prints one row per model.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def test_every_timm_cnn(name: str) -> None:
     if num_params(name) > MAX_PARAMS:
         pytest.skip(f"more than {MAX_PARAMS // 1_000_000} M parameters")
     out = check(name)
+    print(out.line())  # the support table's row (run with -s to collect them)
     if out.status == "skipped":
         pytest.skip(out.message)
     if out.status == "refused":

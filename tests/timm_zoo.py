@@ -90,6 +90,14 @@ class Outcome:
     hard_flops: float = 0.0  # lp.hard_cost at the masks
     compact_flops: float = 0.0  # torch.utils.flop_counter on the compact model
 
+    def line(self) -> str:
+        """One line for the support table: status, groups, removable FLOPs, error, reason."""
+        return (
+            f"{self.name:36s} {self.status:8s} side={self.size:3d} groups={self.groups:4d} "
+            f"removable={self.removable:.2f} fresh_err={self.fresh_error:.1e} "
+            f"{self.seconds:5.1f}s {self.message[:160]}"
+        )
+
 
 def build(name: str) -> nn.Module:
     """A randomly initialised timm model with 10 classes, in eval mode."""
@@ -189,12 +197,7 @@ def main(names: list[str]) -> None:
             out = check(name)
         except Exception as err:  # an engine bug: report it and go on
             out = Outcome(name, "error", message=_first_line(err))
-        print(
-            f"{out.name:36s} {out.status:8s} side={out.size:3d} groups={out.groups:4d} "
-            f"removable={out.removable:.2f} fresh_err={out.fresh_error:.1e} "
-            f"{out.seconds:5.1f}s {out.message[:160]}",
-            flush=True,
-        )
+        print(out.line(), flush=True)
 
 
 if __name__ == "__main__":
