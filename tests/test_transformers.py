@@ -19,7 +19,7 @@ from tests.transformer_zoo import TRANSFORMERS, build
 from tests.zoo import max_rel_err, random_masks
 
 #: Models whose embedding width (``embedding="renormalize"``) is checked too.
-RENORMALIZE = ("timm_vit", "timm_swin", "timm_convnext", "tv_vit", "tv_convnext")
+RENORMALIZE = ("timm_vit", "timm_swin", "timm_convnext", "tv_vit", "tv_swin", "tv_convnext")
 #: FLOPs removable at half masks: heads and MLP width (default), or with the embedding.
 FLOORS = {
     ("timm_vit", "pin"): 0.4,
@@ -28,6 +28,7 @@ FLOORS = {
     ("timm_efficientformer", "pin"): 0.4,
     ("timm_maxvit", "pin"): 0.4,
     ("tv_vit", "pin"): 0.4,
+    ("tv_swin", "pin"): 0.4,
     ("tv_maxvit", "pin"): 0.4,
     ("smp_segformer_mit_b0", "pin"): 0.4,
     ("smp_unet_convnext", "pin"): 0.4,

@@ -6,6 +6,11 @@ packed input projection (``in_proj_weight``: query, key and value rows, one bloc
 query, key and value rows and the matching input columns of ``out_proj``; ``out_proj``
 produces the output channels. Self-attention with packed projections and no masks, extra
 key / value biases or zero attention is analysed; anything else keeps its channels.
+
+Other modules of the same shape (torchvision's Swin window attention) name their output
+projection (``attrs["out_proj"]``), their token count (``attrs["tokens"]``, windows padded) and
+a parameter with one column per head (``attrs["table"]``: a relative position bias table),
+which collapse slices with the heads.
 """
 
 from __future__ import annotations
@@ -48,11 +53,11 @@ class _MhaOps(_AnalyserBase):
             for head in range(h):  # query, key and value rows of a head: one unit
                 rows = [proj.outputs[s * e + head * d + j] for s in range(3) for j in range(d)]
                 layout.tie_all(self.uf, rows)
-        out_proj = self._register(f"{path}.out_proj", "conv", "Linear")
+        out_proj = self._register(f"{path}.{a.get('out_proj', 'out_proj')}", "conv", "Linear")
         out_proj.inputs = self._merge(out_proj.inputs, proj.outputs[2 * e :])
         if out_proj.outputs is None:
             out_proj.outputs = self.uf.new(e)
-        tokens = math.prod(out[:-1])
+        tokens = int(a.get("tokens") or math.prod(out[:-1]))
         proj.attrs["flops"] = int(proj.attrs.get("flops", 0)) + 2 * tokens * e * 3 * e
         out_proj.attrs["flops"] = int(out_proj.attrs.get("flops", 0)) + 2 * tokens * e * e
         proj.feeds_norm_only = out_proj.feeds_norm_only = False  # gated inside its forward
@@ -65,7 +70,11 @@ class _MhaOps(_AnalyserBase):
             self.uf.pin(bad, f"{node.where} reads channels that are not zero when closed")
         attention = self._register(f"{path}:attention", "op", node.where.split(" ")[0])
         attention.outputs = list(proj.outputs[2 * e :])
-        attention.attrs.update({"node": node.name, "mha": path})
+        attention.attrs.update({"node": node.name, "mha": path, "out_proj": out_proj.path})
+        if a.get("table"):  # one column per head: sliced with the heads
+            table = self._register(f"{path}.{a['table']}", "param", "Parameter")
+            table.outputs = [proj.outputs[head * d] for head in range(h)]
+            table.attrs["axis"] = 1
         result = _Val(out_proj.outputs, [None] * e, (len(out) - 1,))
         if isinstance(node.shape, list):  # (output, weights)
             self.vals[node.name] = [result, *([None] * (len(shapes) - 1))]

@@ -5,6 +5,7 @@ from lightning_prune.surgery import cond_conv as cond_conv  # registers its slic
 from lightning_prune.surgery import mha as _mha  # noqa: F401  (registers slicer, fused site)
 from lightning_prune.surgery import norm as _norm  # noqa: F401  (registers LayerNorm site)
 from lightning_prune.surgery import norm_act as norm_act  # registers its slicer
+from lightning_prune.surgery import swin as _swin  # noqa: F401  (registers slicer, fused site)
 from lightning_prune.surgery.augmentation import augment, get_gates, get_groups, is_augmented
 from lightning_prune.surgery.collapsing import collapse
 from lightning_prune.surgery.files import load_pruned, save_pruned

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_prune.errors import CollapseError, PlanMismatchError
 from lightning_prune.graph.channels import ModuleChannels
 from lightning_prune.graph.ir import Graph, OpNode
+from lightning_prune.surgery.forms import to_compact_form
 from lightning_prune.surgery.roles import (
     COLLAPSERS,
     FINISHERS,
@@ -178,7 +179,9 @@ def refresh_op_flops(state: PruneState, per_module: dict[str, int]) -> None:
         if path is None:
             continue
         projections = sum(
-            state.modules[p].flops for p in (path, f"{path}.out_proj") if p in state.modules
+            state.modules[p].flops
+            for p in (path, spec.attrs.get("out_proj", f"{path}.out_proj"))
+            if p in state.modules
         )
         spec.flops = float(per_module.get(path, 0)) - projections
 
@@ -257,6 +260,10 @@ def _finish_heads(model: nn.Module, path: str, entry: dict[str, Any]) -> None:
         setattr(module, name, new)
     if updates:
         entry.setdefault("attrs", {}).update(updates)
+    if any(kept != heads for heads, _, kept, *_ in splits):
+        form = to_compact_form(module)  # its code derives the head width from its input
+        if form is not None:
+            entry["form"] = form
 
 
 def _apply_attrs(model: nn.Module, path: str, attrs: dict[str, list[Any]]) -> None:

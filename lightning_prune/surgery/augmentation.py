@@ -29,7 +29,7 @@ from lightning_prune.surgery.gating import (
 )
 from lightning_prune.surgery.norm import AXIS_ATTR
 from lightning_prune.surgery.params import get_tensor
-from lightning_prune.surgery.roles import SPEC_BUILDERS
+from lightning_prune.surgery.roles import SPEC_BUILDERS, projection
 from lightning_prune.surgery.state import (
     GATES_ATTR,
     STATE_ATTR,
@@ -107,9 +107,7 @@ def _segments(
 
 
 def _params(module: nn.Module) -> tuple[int, int]:
-    packed = isinstance(module, nn.MultiheadAttention)  # its input projection
-    w = getattr(module, "in_proj_weight" if packed else "weight", None)
-    b = getattr(module, "in_proj_bias" if packed else "bias", None)
+    w, b = projection(module)  # a packed input projection for attention
     wn = w.numel() if isinstance(w, torch.Tensor) else 0
     bn = b.numel() if isinstance(b, torch.Tensor) else 0
     return wn, bn

@@ -29,8 +29,9 @@ from lightning_prune.surgery.params import get_tensor, slice_tensor
 from lightning_prune.surgery.plan import (
     PLAN_ATTR,
     PLAN_BASE_VERSION,
+    PLAN_CALLS_VERSION,
+    PLAN_FORM_VERSION,
     PLAN_FORMAT,
-    PLAN_VERSION,
     layer_signature,
 )
 from lightning_prune.surgery.reparam import freeze, is_reparameterised
@@ -260,7 +261,9 @@ def collapse(
         "original": original,
     }
     if calls:
-        work.__dict__[PLAN_ATTR].update(version=PLAN_VERSION, calls=plan_calls(calls))
+        work.__dict__[PLAN_ATTR].update(version=PLAN_CALLS_VERSION, calls=plan_calls(calls))
+    if any("form" in entry for entry in layers.values()):
+        work.__dict__[PLAN_ATTR]["version"] = PLAN_FORM_VERSION
     work.train(was_training)
     if not inplace:
         return work

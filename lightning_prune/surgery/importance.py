@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lightning_prune._registry import Registry
+from lightning_prune.surgery.roles import projection
 from lightning_prune.surgery.state import ModuleSpec, gate_modules, require_state
 
 __all__ = ["IMPORTANCE", "init_gates", "register_importance", "unit_importance"]
@@ -55,7 +56,7 @@ def _output_axis(module: nn.Module) -> int:
 
 
 def _weight_norms(module: nn.Module, p: int) -> torch.Tensor:
-    weight = cast(torch.Tensor, module.weight).detach().float()
+    weight = cast(torch.Tensor, projection(module)[0]).detach().float()
     axis = _output_axis(module)
     if axis:
         weight = weight.transpose(0, axis)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lightning_prune.surgery.gating import SITE_ATTR, register_fused_site
 from lightning_prune.surgery.resize import Index, _set_param, _take, register_slicer
+from lightning_prune.surgery.roles import PROJECTIONS
 
 __all__ = ["HeadPrunedMultiheadAttention"]
 
@@ -115,6 +116,7 @@ def _prunable(module: nn.Module) -> bool:
 # kept after collapse: its projections are counted by torch.utils.flop_counter, which does not
 # see nn.MultiheadAttention's fused inference path (so the compact model's count is exact)
 register_fused_site(nn.MultiheadAttention, HeadPrunedMultiheadAttention, _prunable, keep=True)
+PROJECTIONS[nn.MultiheadAttention] = lambda m: (m.in_proj_weight, m.in_proj_bias)
 
 
 @register_slicer(nn.MultiheadAttention)

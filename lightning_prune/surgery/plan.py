@@ -19,7 +19,11 @@ from lightning_prune.surgery.roles import PLAN_KEYS
 
 PLAN_FORMAT = "lightning_prune.channel_plan"
 #: Version 2 adds ``"calls"``: the split sizes / slice bounds a compact model rewrites.
-PLAN_VERSION = 2
+PLAN_CALLS_VERSION = 2
+#: Version 3 adds a layer's ``"form"``: the compact form an attention module switches to.
+PLAN_FORM_VERSION = 3
+#: The newest version this release reads.
+PLAN_VERSION = PLAN_FORM_VERSION
 #: Version written for a plan without ``"calls"`` (readable by every release).
 PLAN_BASE_VERSION = 1
 PLAN_ATTR = "_lp_plan"

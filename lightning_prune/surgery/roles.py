@@ -24,8 +24,10 @@ __all__ = [
     "COLLAPSERS",
     "FINISHERS",
     "PLAN_KEYS",
+    "PROJECTIONS",
     "SPEC_BUILDERS",
     "merge_entry",
+    "projection",
 ]
 
 #: ``build(channels, out_refs, model, graph) -> ModuleSpec`` by role.
@@ -42,6 +44,18 @@ SPEC_BUILDERS: dict[str, SpecBuilder] = {}
 COLLAPSERS: dict[str, Collapser] = {}
 FINISHERS: list[Finisher] = []
 PLAN_KEYS: dict[str, PlanKey] = {}
+#: ``weights(module) -> (weight, bias)`` of layers whose gated weights are not their own
+#: ``weight`` / ``bias`` (a packed query / key / value projection), by class.
+PROJECTIONS: dict[type[nn.Module], Callable[[nn.Module], tuple[Any, Any]]] = {}
+
+
+def projection(module: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The weight and bias whose output rows a gate site of ``module`` gates."""
+    for cls in type(module).__mro__:
+        found = PROJECTIONS.get(cls)
+        if found is not None:
+            return found(module)
+    return getattr(module, "weight", None), getattr(module, "bias", None)
 
 
 def merge_entry(entry: dict[str, Any], fragment: dict[str, Any]) -> None:

@@ -5,11 +5,15 @@
 * ``F.scaled_dot_product_attention(q, k, v, attn_mask)``: the same for the whole attention;
 * ``LayerNorm`` (module or functional): statistics over the channels;
 * ``nn.MultiheadAttention``: one operation with a packed input projection, heads and an output
-  projection (a leaf: its forward is a single functional call).
+  projection (a leaf: its forward is a single functional call);
+* torchvision's Swin ``ShiftedWindowAttention``: the same shape of operation over windows of
+  tokens (a leaf: its forward is one call of ``shifted_window_attention``, which derives the
+  head width from the input width, so the analysis models it as a whole).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -125,3 +129,37 @@ def _mha(call: Call) -> Op:
         "masked": masked,
     }
     return Op("mha", list(inputs), attrs, module=call.path)
+
+
+@register_op("torchvision.models.swin_transformer.ShiftedWindowAttention", leaf=True)
+def _swin_window_attention(call: Call) -> Op:
+    """Swin window attention of torchvision, analysed as ``"mha"``.
+
+    ``(B, H, W, C) -> (B, H, W, C)``: a packed ``qkv`` projection, heads, ``proj`` and a
+    relative position bias table with one column per head. Swin V2 (cosine attention with a
+    continuous position bias MLP) keeps its heads.
+    """
+    module = call.module
+    assert module is not None
+    values = call.values()
+    shape = call.shape
+    v2 = hasattr(module, "logit_scale")
+    tokens = 0
+    if isinstance(shape, tuple) and len(shape) == 4:
+        wh, ww = (int(w) for w in module.window_size)  # type: ignore[union-attr]
+        b, h, w = shape[:3]
+        tokens = b * math.ceil(h / wh) * wh * math.ceil(w / ww) * ww  # padded to whole windows
+    qkv = module.qkv
+    assert isinstance(qkv, nn.Linear)
+    attrs = {
+        "num_heads": int(module.num_heads),  # type: ignore[arg-type]
+        "embed_dim": int(qkv.in_features),
+        "packed": qkv.out_features == 3 * qkv.in_features,
+        "extra": v2,
+        "masked": False,
+        "out_proj": "proj",
+        "tokens": tokens,
+        "table": "relative_position_bias_table",
+    }
+    inputs: list[str | None] = [*values[:1]] * 3
+    return Op("mha", inputs, attrs, module=call.path)
