@@ -118,3 +118,20 @@ def test_module_gate_init_seeds_gates_once() -> None:
     torch.testing.assert_close(torch.cat([g.probabilities() for g in module.gates]), probs)
     with pytest.raises(ValueError, match="Unknown importance criterion 'bogus'"):
         ClassificationModule(_plain_net(), num_classes=2, gate_init="bogus")
+
+
+def test_magnitude_seeding_reads_packed_attention_projections() -> None:
+    """``nn.MultiheadAttention`` and Swin gate their packed q/k/v rows: scored by those rows."""
+    import warnings
+
+    from tests.transformer_zoo import build
+
+    for name in ("tv_vit", "tv_swin"):
+        model, shape = build(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gates = lp.augment(model, torch.randn(*shape))
+        before = [g.logits.detach().clone() for g in gates]
+        lp.init_gates(model, "magnitude")
+        moved = [not torch.equal(b, g.logits) for b, g in zip(before, gates)]
+        assert all(moved), name
