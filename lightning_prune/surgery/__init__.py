@@ -2,6 +2,7 @@
 
 from lightning_prune.surgery import attention as _attention  # noqa: F401  (registers roles)
 from lightning_prune.surgery import cond_conv as cond_conv  # registers its slicer
+from lightning_prune.surgery import maxvit as _maxvit  # noqa: F401  (registers slicer, fused site)
 from lightning_prune.surgery import mha as _mha  # noqa: F401  (registers slicer, fused site)
 from lightning_prune.surgery import norm as _norm  # noqa: F401  (registers LayerNorm site)
 from lightning_prune.surgery import norm_act as norm_act  # registers its slicer

@@ -8,7 +8,10 @@
   projection (a leaf: its forward is a single functional call);
 * torchvision's Swin ``ShiftedWindowAttention``: the same shape of operation over windows of
   tokens (a leaf: its forward is one call of ``shifted_window_attention``, which derives the
-  head width from the input width, so the analysis models it as a whole).
+  head width from the input width, so the analysis models it as a whole);
+* torchvision's MaxViT ``RelativePositionalMultiHeadAttention``: the same over partitions
+  (``(B, G, P, D)``; a leaf: its einsums and its reshape back to the input width are modelled
+  as a whole).
 """
 
 from __future__ import annotations
@@ -162,4 +165,29 @@ def _swin_window_attention(call: Call) -> Op:
         "table": "relative_position_bias_table",
     }
     inputs: list[str | None] = [*values[:1]] * 3
+    return Op("mha", inputs, attrs, module=call.path)
+
+
+@register_op("torchvision.models.maxvit.RelativePositionalMultiHeadAttention", leaf=True)
+def _maxvit_relative_attention(call: Call) -> Op:
+    """MaxViT block / grid attention of torchvision, analysed as ``"mha"``.
+
+    ``(B, G, P, D) -> (B, G, P, D)``: a packed ``to_qkv`` projection, heads, ``merge`` and a
+    relative position bias table with one column per head.
+    """
+    module = call.module
+    assert module is not None
+    to_qkv = module.to_qkv
+    assert isinstance(to_qkv, nn.Linear)
+    heads, head_dim = int(module.n_heads), int(module.head_dim)  # type: ignore[arg-type]
+    attrs = {
+        "num_heads": heads,
+        "embed_dim": int(to_qkv.in_features),
+        "packed": to_qkv.out_features == 3 * to_qkv.in_features == 3 * heads * head_dim,
+        "extra": False,
+        "masked": False,
+        "out_proj": "merge",
+        "table": "relative_position_bias_table",
+    }
+    inputs: list[str | None] = [*call.values()[:1]] * 3
     return Op("mha", inputs, attrs, module=call.path)
