@@ -120,7 +120,7 @@ def input_sides(name: str) -> list[tuple[int, int]]:
     """(example side, fresh side) to try in turn: small first, then the model's own size.
 
     A fixed-size model gets its own size twice; one that needs more than :data:`MAX_SIZE`
-    gets nothing.
+    gets nothing. The second try is capped at :data:`MAX_SIZE`.
     """
     import timm
 
@@ -131,8 +131,8 @@ def input_sides(name: str) -> list[tuple[int, int]]:
     low = max(MIN_SIZE, int(cfg.min_input_size[-1]) if cfg and cfg.min_input_size else 0)
     if low > MAX_SIZE:
         return []
-    sides = [(low, low + 32)]
-    return sides + ([(side, side + 32)] if low < side <= MAX_SIZE else [])
+    own = min(side, MAX_SIZE)  # a model made for 299 px may still run at 224
+    return [(low, low + 32)] + ([(own, own + 32)] if low < own else [])
 
 
 def _first_line(err: BaseException) -> str:
