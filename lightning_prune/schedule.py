@@ -126,8 +126,17 @@ class ResolvedSchedule:
         """Plain data (for checkpoints and ``summary.json``)."""
         return asdict(self)
 
-    def rows(self, target: float | None, temperature: str | None = None) -> list[dict[str, Any]]:
-        """One row per phase, for the table printed at the start of ``fit``."""
+    def rows(
+        self, target: float | None, temperature: str | None = None, collapses: bool = True
+    ) -> list[dict[str, Any]]:
+        """One row per phase, for the table printed at the start of ``fit``.
+
+        Args:
+            target: the FLOPs target (``None``: penalty terms only).
+            temperature: the temperature row's text (``None``: no row).
+            collapses: whether a :class:`~lightning_prune.callbacks.NetworkCollapse` callback
+                takes part in the fit (without one the frozen gated network trains on).
+        """
         ramp_end = min(self.ramp_steps, self.structure_steps)
         rows: list[dict[str, Any]] = []
         goal = f"{target:.0%} of the dense FLOPs" if target is not None else "penalty terms"
@@ -155,12 +164,17 @@ class ResolvedSchedule:
                     "what happens": temperature,
                 }
             )
-        final = (
-            "gates frozen at their hard masks, network collapsed, optimizer rebuilt; training "
-            "continues on the final structure"
-            if self.final_phase == "collapse"
-            else "gates frozen at their hard masks; training continues on the final structure"
-        )
+        final = "gates frozen at their hard masks; training continues on the final structure"
+        if self.final_phase == "collapse" and collapses:
+            final = (
+                "gates frozen at their hard masks, network collapsed, optimizer rebuilt; "
+                "training continues on the final structure"
+            )
+        elif self.final_phase == "collapse":
+            final += (
+                " (no NetworkCollapse callback: the gated network computes what the compact one"
+                " would; `lightning_prune.collapse` it after fit)"
+            )
         if self.total_steps > self.structure_steps:
             rows.append(
                 {

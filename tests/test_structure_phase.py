@@ -183,6 +183,7 @@ def test_collapse_part_way_and_train_on_the_compact_network(tmp_path, caplog):
         trainer.fit(module, make_loader(32, 8))  # 16 steps: structure 0-8, final 8-16
     assert "pruning schedule (16 optimizer steps)" in caplog.text
     assert "| final" in caplog.text and "| structure: ramp" in caplog.text
+    assert "network collapsed, optimizer rebuilt" in caplog.text  # NetworkCollapse inside
     rows = {row["step"]: row for row in track.rows}
     assert all(rows[s]["augmented"] for s in range(8))
     assert not any(rows[s]["augmented"] for s in range(8, 16))
@@ -208,6 +209,19 @@ def test_final_phase_freeze_keeps_hard_masks_until_fit_ends(tmp_path):
     assert all(row["augmented"] for row in track.rows)
     assert schedule_of(module).final_phase == "freeze"
     assert not lp.is_augmented(module)  # collapsed when fit ended
+
+
+def test_schedule_table_says_a_fit_without_network_collapse_keeps_frozen_gates(tmp_path, caplog):
+    torch.manual_seed(0)
+    module = MixinModule(width=8)
+    track = _Track()
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[track]))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(module, make_loader(32, 8))
+    assert "network collapsed" not in caplog.text
+    assert "(no NetworkCollapse callback: the gated network computes what" in caplog.text
+    assert all(row["augmented"] for row in track.rows) and lp.is_augmented(module)
+    assert all(gate.frozen for gate in lp.get_gates(module))
 
 
 def test_snap_share_warns_when_the_gates_did_not_decide(tmp_path):

@@ -18,7 +18,11 @@ timm = pytest.importorskip("timm")
 NAMES = [name for module in CNN_MODULES for name in timm.list_models(module=module)]
 #: Models refused on purpose (name prefix -> what the refusal says); see the README.
 REFUSED = {
-    "convnext": "`Tensor.permute` in",  # LayerNorm over channels, channels-last MLPs
+    # ConvNeXt V2: GlobalResponseNorm divides every channel by the mean over the channels
+    "convnextv2": "`Tensor.mean` in `stages.0.blocks.0.mlp.grn`",
+    # MetaFormer V2 (CAFormer, ConvFormer, PoolFormer V2): StarReLU `s * relu(x) ** 2 + b`
+    # turns a closed channel into `b`, and the embedding width is under LayerNorm
+    **dict.fromkeys(("caformer", "convformer", "poolformerv2"), "(not zero-preserving, consumed"),
 }
 
 

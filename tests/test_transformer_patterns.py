@@ -121,6 +121,42 @@ def test_relaxed_attention_flops_scale_with_heads() -> None:
     assert lp.count_flops(lp.collapse(model), x) == pytest.approx(relaxed, rel=1e-9)
 
 
+class GlobalContext(nn.Module):
+    """GCNet pooling: ``x (B, 1, C, HW) @ softmax(attn) (B, 1, HW, 1)``: channels are rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.attn = nn.Conv2d(16, 1, 1)
+        self.v = nn.Linear(16, 8)  # tokens (B, HW, 8) for a single-head attention below
+        self.fc = nn.Linear(16 + 8, 4)
+        self.register_buffer("mix", torch.randn(64, 64).softmax(-1))  # token mixing, 8 x 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        b, c, h, w = x.shape
+        weights = self.attn(x).reshape(b, 1, h * w).softmax(-1).unsqueeze(3)
+        context = (x.reshape(b, c, h * w).unsqueeze(1) @ weights).view(b, c)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        mixed = (self.mix @ F.relu(self.v(tokens))).mean(1)  # channels are columns
+        return self.fc(torch.cat([context, mixed], 1))
+
+
+def test_matmul_flops_follow_channels_in_rows_and_columns() -> None:
+    """A product whose rows or columns are channels costs in proportion to the kept ones."""
+    model = GlobalContext().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gates = lp.augment(model, x)
+    assert {8, 16} <= {g.num_channels for g in gates}
+    for gate in gates:
+        gate.set_mask(torch.arange(gate.num_channels) % 4 == 0)
+    hard = lp.hard_cost(model)
+    compact = lp.collapse(model)
+    assert lp.count_flops(compact, x) == pytest.approx(hard, rel=1e-9)
+
+
 class SegformerLike(Attention):
     """Head width computed from the input width: the head count cannot change."""
 

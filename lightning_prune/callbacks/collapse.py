@@ -139,6 +139,10 @@ class NetworkCollapse(Callback):
         ([10, 20], [0.01, 0.1])
     """
 
+    #: Read by the pruning schedule's table (duck-typed: the module package does not import
+    #: callbacks): a fit with this callback collapses when the structure is fixed.
+    collapses_network = True
+
     def __init__(
         self,
         dirpath: str | None = None,

@@ -291,7 +291,7 @@ class StructureLearning:
             return
         target = controller.target if controller is not None else None
         temperature = _temperature_text(gates[0])
-        rows = self.resolved.rows(target, temperature)
+        rows = self.resolved.rows(target, temperature, collapses=_collapses(trainer))
         rank_zero_info(
             f"{self.owner}: pruning schedule ({self.resolved.total_steps} optimizer steps)\n"
             + format_table(rows)
@@ -462,3 +462,16 @@ def _temperature_text(gate: ChannelGate) -> str | None:
     if start == end:
         return None
     return f"gate temperature {start:g} -> {end:g} (TemperatureAnnealing)"
+
+
+def _collapses(trainer: Any) -> bool:
+    """Whether a callback of ``trainer`` (or one it holds) collapses the network during fit."""
+    stack = list(getattr(trainer, "callbacks", None) or [])
+    while stack:
+        callback = stack.pop()
+        if getattr(callback, "collapses_network", False):
+            return True
+        held = getattr(callback, "callbacks", None)
+        if isinstance(held, dict):
+            stack.extend(held.values())
+    return False
