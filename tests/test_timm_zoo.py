@@ -65,3 +65,21 @@ def test_refusal_on_a_real_model_names_the_problem() -> None:
         "Pass a batch shaped like the model's real input (for an image model: batch, "
         "channels, height, width)."
     )
+
+
+def test_pruning_refusal_on_a_real_model_names_the_operation() -> None:
+    """ConvNeXt V2's GlobalResponseNorm divides each channel by the mean over all channels."""
+    import torch
+
+    import lightning_prune as lp
+    from tests.timm_zoo import build
+
+    with pytest.raises(lp.NothingToPruneError) as info:
+        lp.augment(build("convnextv2_atto"), torch.randn(2, 3, 64, 64))
+    message = str(info.value)
+    assert message.startswith("ConvNeXt has no prunable channel group: every group reaches")
+    assert "`Tensor.mean` in `stages.0.blocks.0.mlp.grn`" in message
+    assert message.endswith(
+        "If such an operation acts on each channel separately, register a channel rule for it "
+        "(lightning_prune.graph.ops.register_op)."
+    )
