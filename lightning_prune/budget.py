@@ -90,7 +90,9 @@ def keep_set(
     """The units with the highest ``keys`` whose relaxed cost ratio fits ``target``.
 
     Gates without keys (``None``) are kept whole, and each gate's ``round(min_keep * n)``
-    highest-keyed units are always kept (a floor per group). The relaxed cost is evaluated at
+    highest-keyed units are always kept (a floor per group), unless the floors alone cost more
+    than ``target``: the floor is then lowered to the largest share with which the target is
+    reached (the target wins). The relaxed cost is evaluated at
     the 0/1 values of each candidate set (the exact, bilinear cost model of
     :func:`lightning_prune.relaxed_cost`), and the threshold on the keys is found by bisection
     over their sorted values.
@@ -112,36 +114,55 @@ def keep_set(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dense = float(lp.dense_cost(model, kind=kind))
 
-    def masks_at(threshold: float) -> list[torch.Tensor]:
+    def masks_at(ranked: list[torch.Tensor | None], threshold: float) -> list[torch.Tensor]:
         return [
             torch.ones(g.num_channels, dtype=torch.bool) if k is None else k.cpu() > threshold
-            for g, k in zip(gates, keys)
+            for g, k in zip(gates, ranked)
         ]
 
-    def ratio(threshold: float) -> float:
-        values = [m.to(device=device, dtype=torch.float32) for m in masks_at(threshold)]
+    def ratio(ranked: list[torch.Tensor | None], threshold: float) -> float:
+        values = [m.to(device=device, dtype=torch.float32) for m in masks_at(ranked, threshold)]
         return float(lp.relaxed_cost(model, kind=kind, values=values)) / dense
 
     if not 0.0 <= min_keep <= 1.0:
         raise ValueError(f"min_keep is a share of each group's units in [0, 1], got {min_keep}.")
-    if min_keep > 0.0:
-        keys = [None if k is None else _with_floor(k, min_keep) for k in keys]
-    known = [k.flatten().cpu() for k in keys if k is not None]
-    known = [k[torch.isfinite(k)] for k in known]  # floored units are not candidates
-    if not any(k.numel() for k in known):  # no keys, or every unit under the floor
-        return masks_at(-math.inf)
-    candidates = torch.unique(torch.cat(known))
-    below = torch.cat([candidates[:1] - 1.0, candidates])  # "keep everything" first
-    low, high = 0, len(below) - 1
-    if ratio(float(below[0])) <= target:
-        return masks_at(float(below[0]))
-    while low < high:  # the lowest threshold (most units kept) whose ratio fits the target
-        mid = (low + high) // 2
-        if ratio(float(below[mid])) <= target:
-            high = mid
+
+    def solve(floor: float) -> tuple[list[torch.Tensor], float]:
+        floored = (
+            keys if floor <= 0.0 else [None if k is None else _with_floor(k, floor) for k in keys]
+        )
+        known = [k.flatten().cpu() for k in floored if k is not None]
+        known = [k[torch.isfinite(k)] for k in known]  # floored units are not candidates
+        if not any(k.numel() for k in known):  # no keys, or every unit under the floor
+            return masks_at(floored, -math.inf), ratio(floored, -math.inf)
+        candidates = torch.unique(torch.cat(known))
+        below = torch.cat([candidates[:1] - 1.0, candidates])  # "keep everything" first
+        low, high = 0, len(below) - 1
+        while low < high:  # the lowest threshold (most units kept) whose ratio fits the target
+            mid = (low + high) // 2
+            if ratio(floored, float(below[mid])) <= target:
+                high = mid
+            else:
+                low = mid + 1
+        return masks_at(floored, float(below[low])), ratio(floored, float(below[low]))
+
+    masks, reached = solve(min_keep)
+    if reached <= target or min_keep <= 0.0:
+        return masks
+    # the floors alone cost more than the target: the target wins, the floor gives way (the
+    # largest floor, to 1/64 of min_keep, with which the target is reached)
+    low, high = 0.0, min_keep
+    masks, reached = solve(0.0)
+    if reached > target:  # not reachable even without floors: the cheapest set
+        return masks
+    for _ in range(6):
+        mid = (low + high) / 2
+        trial, reached = solve(mid)
+        if reached <= target:
+            low, masks = mid, trial
         else:
-            low = mid + 1
-    return masks_at(float(below[low]))
+            high = mid
+    return masks
 
 
 @CONTROLLERS.register("adaptive")

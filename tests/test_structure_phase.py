@@ -85,8 +85,13 @@ def test_keep_set_keeps_a_floor_of_every_group():
     assert int(floored[0].sum()) == 4 and floored[0][4:].all()  # its 4 best units stay
     ratio = float(lp.relaxed_cost(net, values=[k.float() for k in floored])) / lp.dense_cost(net)
     assert ratio <= 0.4 + 1e-9
-    everything = keep_set(net, keys, 0.01, min_keep=0.5)  # the floor wins over the target
-    assert [int(k.sum()) for k in everything] == [4, 4]
+    # floors that alone cost more than the target (about 0.35 here) give way to it, lowered
+    # only as far as needed: the first group keeps 2 units, not 4 and not the free answer's 1
+    assert [int(k.sum()) for k in keep_set(net, keys, 0.2)] == [1, 8]
+    lowered = keep_set(net, keys, 0.2, min_keep=0.5)
+    assert [int(k.sum()) for k in lowered] == [2, 5] and lowered[0][6:].all()
+    ratio = float(lp.relaxed_cost(net, values=[k.float() for k in lowered])) / lp.dense_cost(net)
+    assert ratio <= 0.2 + 1e-9
     with pytest.raises(
         ValueError, match=r"min_keep is a share of each group's units in \[0, 1\], got 2"
     ):
