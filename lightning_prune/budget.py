@@ -194,7 +194,9 @@ class AdaptiveController(TargetController):
             more important as it empties; without a floor the knapsack starved the
             full-resolution decoder of a U-Net to 4 of 16 channels, and the network lost 29
             points of mIoU where a uniform width lost 7 (measured on generated shapes). ``0``
-            lets a group shrink to its last unit (paper 1's unconstrained structure).
+            lets a group shrink to its last unit (paper 1's unconstrained structure). Where
+            the floors alone cost more than the target, they are lowered just enough for it
+            (see :func:`keep_set`).
         importance: how a unit's importance is read from its pull statistics, a name in
             :data:`PULL_IMPORTANCES`: ``"taylor_squared"`` (the pull's root mean square over
             mini-batches) or ``"taylor"`` (its mean). From a trained network the mean pull is
