@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_prune.surgery.gating import SITE_ATTR, register_fused_site
-from lightning_prune.surgery.resize import Index, _set_param, _take, register_slicer
-from lightning_prune.surgery.roles import PROJECTIONS
+from lightning_prune.surgery.gating import SITE_ATTR
+from lightning_prune.surgery.packed_heads import register_packed_heads
 
 __all__ = ["HeadPrunedRelativeAttention"]
 
@@ -65,31 +64,11 @@ def _prunable(module: nn.Module) -> bool:
     )
 
 
-def _slice_relative_attention(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
-    """Keep the query / key / value rows of the kept heads (the table is sliced as a param)."""
-    to_qkv: nn.Linear = module.to_qkv  # type: ignore[assignment]
-    rows, cols = to_qkv.out_features, to_qkv.in_features
-    heads, head_dim = int(module.n_heads), int(module.head_dim)  # type: ignore[arg-type]
-    _set_param(to_qkv, "weight", _take(_take(to_qkv.weight, 0, out_idx), 1, in_idx))
-    _set_param(to_qkv, "bias", _take(to_qkv.bias, 0, out_idx))
-    to_qkv.out_features, to_qkv.in_features = (int(d) for d in to_qkv.weight.shape)
-    kept = to_qkv.out_features // 3 // head_dim
-    module.n_heads = kept  # type: ignore[assignment]
-    if kept != heads or to_qkv.in_features != cols:
-        module.__class__ = HeadPrunedRelativeAttention
-    return {
-        "in": [cols, to_qkv.in_features],
-        "out": [rows, to_qkv.out_features],
-        "n_heads": [heads, kept],
-    }
-
-
 if RelativePositionalMultiHeadAttention is not None:
-    register_fused_site(
-        RelativePositionalMultiHeadAttention, HeadPrunedRelativeAttention, _prunable, keep=True
-    )
-    register_slicer(RelativePositionalMultiHeadAttention)(_slice_relative_attention)
-    PROJECTIONS[RelativePositionalMultiHeadAttention] = lambda m: (
-        m.to_qkv.weight,  # type: ignore[union-attr]
-        m.to_qkv.bias,  # type: ignore[union-attr]
+    register_packed_heads(
+        RelativePositionalMultiHeadAttention,
+        HeadPrunedRelativeAttention,
+        _prunable,
+        "to_qkv",
+        "n_heads",
     )

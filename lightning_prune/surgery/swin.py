@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_prune.surgery.gating import SITE_ATTR, register_fused_site
-from lightning_prune.surgery.resize import Index, _set_param, _take, register_slicer
-from lightning_prune.surgery.roles import PROJECTIONS
+from lightning_prune.surgery.gating import SITE_ATTR
+from lightning_prune.surgery.packed_heads import register_packed_heads
 
 __all__ = ["HeadPrunedShiftedWindowAttention", "window_partition", "window_reverse"]
 
@@ -106,29 +105,7 @@ def _prunable(module: nn.Module) -> bool:
     )
 
 
-def _slice_swin(module: nn.Module, in_idx: Index, out_idx: Index) -> dict:
-    """Keep the query / key / value rows of the kept heads (the table is sliced as a param)."""
-    qkv: nn.Linear = module.qkv  # type: ignore[assignment]
-    rows, cols = qkv.out_features, qkv.in_features
-    heads = int(module.num_heads)  # type: ignore[arg-type]
-    head_dim = rows // 3 // heads
-    _set_param(qkv, "weight", _take(_take(qkv.weight, 0, out_idx), 1, in_idx))
-    _set_param(qkv, "bias", _take(qkv.bias, 0, out_idx))
-    qkv.out_features, qkv.in_features = (int(d) for d in qkv.weight.shape)
-    kept = qkv.out_features // 3 // head_dim
-    module.num_heads = kept  # type: ignore[assignment]
-    if kept != heads or qkv.in_features != cols:
-        module.__class__ = HeadPrunedShiftedWindowAttention
-    return {
-        "in": [cols, qkv.in_features],
-        "out": [rows, qkv.out_features],
-        "num_heads": [heads, kept],
-    }
-
-
 if ShiftedWindowAttention is not None:
-    register_fused_site(
-        ShiftedWindowAttention, HeadPrunedShiftedWindowAttention, _prunable, keep=True
+    register_packed_heads(
+        ShiftedWindowAttention, HeadPrunedShiftedWindowAttention, _prunable, "qkv", "num_heads"
     )
-    register_slicer(ShiftedWindowAttention)(_slice_swin)
-    PROJECTIONS[ShiftedWindowAttention] = lambda m: (m.qkv.weight, m.qkv.bias)  # type: ignore[union-attr]
