@@ -14,7 +14,11 @@ the relaxed network while it trains) and, on every step:
    (Molchanov et al. 2019's squared Taylor criterion; the mean pull alone is noise at a trained
    network) divided by the unit's price (the cost ratio's gradient on its keep-probability);
 2. solves the knapsack: the most important units whose relaxed cost fits the current target
-   stay (:func:`keep_set`, a bisection on the exact cost model); the others should close;
+   stay (:func:`keep_set`, a bisection on the exact cost model); the others should close.
+   Within each group, the units' weights (as a group: filters, norm scales, consumers' input
+   channels) also order the knapsack, strongly at the start of the structure phase and not at
+   its end (see ``within_group``): the weights tell which units of a layer carry the trained
+   function, where a few hundred noisy pulls do not;
 3. gives each unit its own multiplier, just strong enough to beat the task's pull on it by
    ``margin`` times the pull's noise: towards closing for units outside the keep set, towards
    opening for units inside it that are not yet decidedly open, zero for the rest.
@@ -45,6 +49,7 @@ from lightning_prune.controller import CONTROLLERS, CostKind, Measure, TargetCon
 __all__ = [
     "MIN_SMOOTHING_STEPS",
     "PULL_IMPORTANCES",
+    "WITHIN_GROUP_ORDERS",
     "AdaptiveController",
     "keep_set",
     "taylor",
@@ -78,6 +83,30 @@ def taylor_squared(mean: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
 def taylor(mean: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
     """The mean pull: the first-order loss of closing the unit (noise at a trained network)."""
     return mean
+
+
+#: ``order(model) -> per gate, one score per unit (or None)``: the units' within-group rank by
+#: these scores joins their knapsack keys (``None`` for a gate: its keys stay as they are).
+WithinGroupOrder = Callable[[torch.nn.Module], "list[torch.Tensor | None]"]
+
+#: How :class:`AdaptiveController` orders units within their group (see ``within_group``).
+WITHIN_GROUP_ORDERS: Registry[WithinGroupOrder] = Registry("within-group order")
+
+
+@WITHIN_GROUP_ORDERS.register("weights")
+def weights_order(model: torch.nn.Module) -> list[torch.Tensor | None]:
+    """The units' weights as a group (:func:`lightning_prune.surgery.weight_importance`)."""
+    from lightning_prune.surgery.importance import weight_importance
+
+    return weight_importance(model, p=1)
+
+
+@WITHIN_GROUP_ORDERS.register("knapsack")
+def knapsack_order(model: torch.nn.Module) -> list[torch.Tensor | None]:
+    """No within-group term: the gates' positions and the task's pull alone."""
+    import lightning_prune as lp
+
+    return [None] * len(lp.get_gates(model))
 
 
 def keep_set(
@@ -206,6 +235,22 @@ class AdaptiveController(TargetController):
             ``"taylor_squared"``. The root mean square is blind to the pull's sign, as
             Molchanov's criterion is: a unit whose closing would lower the loss on every
             batch ranks by the size of that effect too.
+        within_group: how units are ordered within their group besides the gates' positions
+            and the pull, a name in :data:`WITHIN_GROUP_ORDERS`: ``"weights"`` (the units'
+            weights as a group: their producers' filters, norm scales and consumers' input
+            channels, :func:`~lightning_prune.surgery.weight_importance`, re-read every step)
+            or ``"knapsack"`` (no such term). The knapsack still decides how many units each
+            group keeps. Measured on ResNet-20 / CIFAR-10 at 25% of the FLOPs, 6 epochs from a
+            trained checkpoint: the knapsack's own choice of units, applied once to the
+            checkpoint and fine-tuned, scored 68.5% (3 seeds), the same widths with the units
+            of largest weights 69.6%, random units 66.0%; in the relaxation, ``"knapsack"``
+            68.66% (+- 0.61, 5 seeds), ``"weights"`` 69.51% (+- 0.30), one-shot magnitude
+            pruning 69.58% (+- 0.27; README, issue 11).
+        within_weight: how far (in logit units) the within-group rank of the weights moves a
+            unit's key at the start of the structure phase, ``within_weight * (rank - 0.5)``
+            with ``rank`` in ``[0, 1]``; it fades linearly to nothing at the phase's end, so
+            the gates settle on the order their positions reached (a constant term kept
+            re-ordering units whose weights were close, and 16-step phases ended undecided).
         snap_at_end: final budget snap (see :class:`TargetController`).
         snap_tolerance: deviation accepted without snapping.
 
@@ -228,6 +273,8 @@ class AdaptiveController(TargetController):
         importance_weight: float = 0.5,
         floor: float = 0.7,
         importance: str = "taylor_squared",
+        within_group: str = "weights",
+        within_weight: float = 2.0,
         snap_at_end: bool = True,
         snap_tolerance: float = 0.005,
     ) -> None:
@@ -247,7 +294,13 @@ class AdaptiveController(TargetController):
         self.floor = float(floor)
         self.importance = importance
         self._importance = PULL_IMPORTANCES.get(importance)
+        self.within_group = within_group
+        if not within_weight >= 0.0:
+            raise ValueError(f"within_weight must be >= 0, got {within_weight}.")
+        self.within_weight = float(within_weight)
+        self._within_group = WITHIN_GROUP_ORDERS.get(within_group)
         self.smoothing_steps = 20.0
+        self.structure_steps = 400  # before configure(): the phase of the 20 smoothing steps
         #: Per gate, the multiplier of each unit (``None`` before the first observation).
         self.unit_multipliers: list[torch.Tensor] | None = None
         #: Per gate, the knapsack's keep set of the last observation.
@@ -265,6 +318,7 @@ class AdaptiveController(TargetController):
         self.smoothing_steps = max(
             self.smoothing * max(int(structure_steps), 1), MIN_SMOOTHING_STEPS
         )
+        self.structure_steps = max(int(structure_steps), 1)
 
     @property
     def wants_observations(self) -> bool:
@@ -314,6 +368,14 @@ class AdaptiveController(TargetController):
             # the gates' own positions (their integrated evidence) decide; the importance per
             # cost of this step's statistics orders units that sit close together
             keys.append(position + self.importance_weight * rank)
+        weight = self.within_weight * max(0.0, 1.0 - self.steps / max(self.structure_steps, 1))
+        if weight > 0:
+            keys = [
+                key
+                if key is None or score is None or score.shape != key.shape
+                else key + weight * (_group_rank(score) - 0.5)
+                for key, score in zip(keys, self._within_group(model))
+            ]
         self.keep = keep_set(model, keys, self.current_target, self.kind, self.min_keep)
         scale = torch.cat(
             [
@@ -383,6 +445,13 @@ class AdaptiveController(TargetController):
         self._mean = state.get("mean")
         self._square = state.get("square")
         self.unit_multipliers = state.get("unit_multipliers")
+
+
+def _group_rank(score: torch.Tensor) -> torch.Tensor:
+    """Each unit's rank within its group, from 0 (lowest score) to 1 (highest)."""
+    ranks = torch.empty_like(score, dtype=torch.float64)
+    ranks[score.argsort()] = torch.linspace(0.0, 1.0, score.numel(), dtype=torch.float64)
+    return ranks
 
 
 def _with_floor(key: torch.Tensor, min_keep: float) -> torch.Tensor:

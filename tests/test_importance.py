@@ -10,6 +10,7 @@ import lightning_prune as lp
 from lightning_prune.gates import GumbelTopKGate, HardConcreteGate, SigmoidGate
 from lightning_prune.models import build_model
 from lightning_prune.module import ClassificationModule
+from lightning_prune.surgery import weight_importance
 
 
 def _plain_net() -> nn.Sequential:
@@ -26,6 +27,39 @@ def _plain_net() -> nn.Sequential:
         scale = torch.tensor([4.0, 1.0, 3.0, 0.5, 2.0]).view(5, 1, 1, 1)
         net[3].weight.copy_(torch.randn(5, 6, 3, 3).sign() * scale / 9.0)
     return net.eval()
+
+
+def test_weight_importance_scores_every_slice_a_unit_owns() -> None:
+    net = _plain_net()
+    lp.augment(net, torch.randn(1, 3, 8, 8))
+    first, second = weight_importance(net)
+    conv0, bn, conv1, head = (net[i].weight.detach().abs().double() for i in (0, 1, 3, 5))
+    # unit c of the first group: conv0's filter c, bn's scale c, conv1's input channel c
+    expected = (conv0.flatten(1).sum(1) + bn + conv1.transpose(0, 1).flatten(1).sum(1)) / 3
+    torch.testing.assert_close(first, expected)
+    expected = (conv1.flatten(1).sum(1) + head.transpose(0, 1).flatten(1).sum(1)) / 2
+    torch.testing.assert_close(second, expected)
+    squared = weight_importance(net, p=2)[1]
+    torch.testing.assert_close(
+        squared,
+        (conv1.pow(2).flatten(1).sum(1) + head.pow(2).transpose(0, 1).flatten(1).sum(1)) / 2,
+    )
+
+
+def test_weight_importance_resnet_streams_and_depthwise_groups() -> None:
+    for name in ("cifar_resnet20", "torchvision:mobilenet_v2"):
+        net = build_model(name, num_classes=10).eval()
+        gates = lp.augment(net, torch.randn(1, 3, 32, 32))
+        scores = weight_importance(net)
+        assert len(scores) == len(gates)
+        for gate, score in zip(gates, scores):
+            assert score is not None and score.shape == (gate.num_channels,), name
+            assert bool((score > 0).all()), name
+
+
+def test_weight_importance_needs_gates() -> None:
+    with pytest.raises(lp.NotAugmentedError, match="Cannot score units by their weights"):
+        weight_importance(_plain_net())
 
 
 @pytest.mark.parametrize("gate_cls", [SigmoidGate, HardConcreteGate])

@@ -111,7 +111,9 @@ def _ranked_by(importance, spread, steps=40):
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
     )
     lp.augment(net, torch.zeros(1, 3, 8, 8))
-    controller = AdaptiveController(target=0.5, floor=0.0, importance=importance)
+    controller = AdaptiveController(
+        target=0.5, floor=0.0, importance=importance, within_group="knapsack"
+    )
     controller.configure(100)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -143,7 +145,7 @@ def test_adaptive_controller_pushes_the_knapsack_answer():
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
     )
     lp.augment(net, torch.zeros(1, 3, 8, 8))
-    controller = AdaptiveController(target=0.5)
+    controller = AdaptiveController(target=0.5, within_group="knapsack")
     controller.configure(100)
     pulls = [torch.linspace(0.0, 1.0, 8)]  # the task wants the last units most
     prices = [torch.full((8,), 0.1)]
@@ -156,6 +158,44 @@ def test_adaptive_controller_pushes_the_knapsack_answer():
     values = [torch.ones(8, requires_grad=True)]
     controller.unit_penalty(values).backward()
     assert torch.equal(values[0].grad, lam.float())
+
+
+def test_adaptive_controller_keeps_the_largest_weights_within_a_group():
+    # the knapsack sets how many units each group keeps (4 of 8 here); at the start of the
+    # structure phase the weights decide which: the units whose filters and consumer inputs
+    # are largest, against a pull that prefers the last units
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
+    )
+    size = torch.tensor([5.0, 1.0, 4.0, 0.5, 3.0, 0.2, 2.0, 0.1])  # units 0, 2, 4, 6 largest
+    with torch.no_grad():
+        net[0].weight.copy_(torch.ones(8, 3, 3, 3) * size.view(8, 1, 1, 1))
+        net[3].weight.copy_(torch.ones(2, 8, 1, 1) * size.view(1, 8, 1, 1))
+    lp.augment(net, torch.zeros(1, 3, 8, 8))
+    pulls = [torch.linspace(0.0, 1.0, 8)]  # the task's pull prefers the last units
+    counts = {}
+    for order in ("weights", "knapsack"):
+        controller = AdaptiveController(target=0.5, within_group=order)
+        controller.configure(100)
+        controller.observe(net, pulls, [torch.full((8,), 0.1)])
+        counts[order] = controller.keep[0]
+    assert counts["knapsack"].tolist() == [False] * 4 + [True] * 4
+    assert counts["weights"].tolist() == [True, False] * 4
+    # the weights' term fades over the structure phase: at its end the knapsack's order stands
+    late = AdaptiveController(target=0.5)
+    late.configure(100)
+    late.steps = 100
+    late.observe(net, pulls, [torch.full((8,), 0.1)])
+    assert late.keep[0].tolist() == counts["knapsack"].tolist()
+    with pytest.raises(ValueError, match=r"within_weight must be >= 0, got -1"):
+        AdaptiveController(target=0.5, within_weight=-1)
+    assert AdaptiveController(target=0.5).within_group == "weights"
+    with pytest.raises(
+        KeyError,
+        match=r"Unknown within-group order 'weight'\. Available: knapsack, weights\. "
+        r"Did you mean 'weights'\?",
+    ):
+        AdaptiveController(target=0.5, within_group="weight")
 
 
 # ------------------------------------------------------------------------- inside a Trainer

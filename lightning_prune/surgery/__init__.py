@@ -11,7 +11,7 @@ from lightning_prune.surgery.augmentation import augment, get_gates, get_groups,
 from lightning_prune.surgery.collapsing import collapse
 from lightning_prune.surgery.files import load_pruned, save_pruned
 from lightning_prune.surgery.fold import fold_batchnorm
-from lightning_prune.surgery.importance import init_gates, unit_importance
+from lightning_prune.surgery.importance import init_gates, unit_importance, weight_importance
 from lightning_prune.surgery.padding import PaddingReport, pad_channels
 from lightning_prune.surgery.plan import apply_channel_plan, channel_plan
 from lightning_prune.surgery.state import GateGroup
@@ -32,4 +32,5 @@ __all__ = [
     "pad_channels",
     "save_pruned",
     "unit_importance",
+    "weight_importance",
 ]

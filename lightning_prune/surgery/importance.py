@@ -34,10 +34,17 @@ import torch
 from torch import nn
 
 from lightning_prune._registry import Registry
+from lightning_prune.surgery.masks import spec_indices
 from lightning_prune.surgery.roles import projection
 from lightning_prune.surgery.state import ModuleSpec, gate_modules, require_state
 
-__all__ = ["IMPORTANCE", "init_gates", "register_importance", "unit_importance"]
+__all__ = [
+    "IMPORTANCE",
+    "init_gates",
+    "register_importance",
+    "unit_importance",
+    "weight_importance",
+]
 
 ImportanceFn = Callable[[nn.Module, ModuleSpec], torch.Tensor]
 
@@ -111,6 +118,95 @@ def unit_importance(model: nn.Module, importance: str = "magnitude") -> list[tor
                 totals[ref[0]][ref[1]] += scores[channel]
                 counts[ref[0]][ref[1]] += 1
     return [t / c.clamp_min(1) for t, c in zip(totals, counts)]
+
+
+def _slice_norms(
+    module: nn.Module, spec: ModuleSpec, p: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """L-p norms of the weight slices of ``module`` per output and per input channel.
+
+    ``None`` where the module has no such per-channel weight slices (or their count does not
+    match its channel map, e.g. the inputs of a grouped conv).
+    """
+    if spec.role == "norm":
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            return None, None
+        return weight.detach().abs().pow(p).reshape(-1), None
+    if spec.role not in ("conv", "grouped"):
+        return None, None
+    weight = projection(module)[0]
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return None, None
+    weight = weight.detach().abs().pow(p)
+    axis = _output_axis(module)
+    outs = weight.transpose(0, axis).flatten(1).sum(1)
+    groups = getattr(module, "groups", 1)
+    if axis and groups > 1:  # transposed, grouped: [in, out / groups, ...]
+        outs = outs.reshape(groups, -1).sum(0)
+    ins = weight.transpose(0, 1 - axis).flatten(1).sum(1) if spec.role == "conv" else None
+    return outs, ins
+
+
+def weight_importance(model: nn.Module, p: int = 1) -> list[torch.Tensor | None]:
+    """One score per unit of every gate: the weights the unit owns, as a group.
+
+    A unit owns a slice of several layers: the output filters of the layers that produce it,
+    its normalisation scales and the input channels of the layers that read it. Its score is
+    the mean over those slices of their summed ``|w| ** p`` (Torch-Pruning's group magnitude
+    criterion), read from the current weights, so a unit whose consumers ignore it ranks low
+    even when its own filter is large.
+
+    Args:
+        model: an augmented model.
+        p: the norm's power (1: L1).
+
+    Returns:
+        Per gate (group order), a float64 CPU tensor of one score per unit, or ``None`` for a
+        group some of whose units own no slice read here (e.g. attention heads, whose weights
+        sit in packed projections).
+
+    Raises:
+        NotAugmentedError: when ``model`` has no gates.
+
+    Example:
+        >>> import torch, lightning_prune as lp
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+        ...                     nn.Conv2d(2, 1, 1, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.fill_(1.0)
+        ...     _ = net[3].weight.copy_(torch.tensor([[[[3.0]], [[0.0]]]]))
+        >>> _ = lp.augment(net, torch.zeros(1, 1, 4, 4))
+        >>> weight_importance(net)[0].tolist()  # (filter 1 + scale 1 + consumer 3 or 0) / 3
+        [1.6666666666666667, 0.6666666666666666]
+    """
+    state = require_state(model, "score units by their weights")
+    indices = spec_indices(state)
+    size = sum(g.num_units for g in state.groups) + 1  # the last entry: channels without gate
+    slices: list[torch.Tensor] = []
+    where: list[torch.Tensor] = []
+    for path, spec in state.modules.items():
+        outs, ins = _slice_norms(model.get_submodule(path), spec, p)
+        in_index, out_index = indices[path]
+        for norms, index in ((outs, out_index), (ins, in_index)):
+            if norms is not None and index is not None and norms.numel() == index.numel():
+                slices.append(norms.reshape(-1).double())
+                where.append(index)
+    totals = torch.zeros(size, dtype=torch.float64)
+    counts = torch.zeros(size, dtype=torch.float64)
+    if slices:  # one device-to-host copy for the whole model
+        index = torch.cat(where)
+        totals.index_add_(0, index, torch.cat([n.to(slices[0].device) for n in slices]).cpu())
+        counts.index_add_(0, index, torch.ones(index.numel(), dtype=torch.float64))
+    scores: list[torch.Tensor | None] = []
+    start = 0
+    for group in state.groups:
+        total = totals[start : start + group.num_units]
+        count = counts[start : start + group.num_units]
+        start += group.num_units
+        scores.append(None if bool((count == 0).any()) else total / count)
+    return scores
 
 
 def init_gates(model: nn.Module, importance: str = "magnitude", spread: float = 2.0) -> None:
