@@ -355,8 +355,7 @@ class AdaptiveController(TargetController):
         if not known:
             return
         flat = torch.cat([v.flatten() for v in known])
-        ranks = torch.empty_like(flat)
-        ranks[flat.argsort()] = torch.linspace(0.0, 1.0, len(flat), dtype=flat.dtype)
+        ranks = _ranks(flat)
         keys: list[torch.Tensor | None] = []
         offset = 0
         for position, v in zip(positions, value):
@@ -373,7 +372,7 @@ class AdaptiveController(TargetController):
             keys = [
                 key
                 if key is None or score is None or score.shape != key.shape
-                else key + weight * (_group_rank(score) - 0.5)
+                else key + weight * (_ranks(score) - 0.5)
                 for key, score in zip(keys, self._within_group(model))
             ]
         self.keep = keep_set(model, keys, self.current_target, self.kind, self.min_keep)
@@ -447,10 +446,10 @@ class AdaptiveController(TargetController):
         self.unit_multipliers = state.get("unit_multipliers")
 
 
-def _group_rank(score: torch.Tensor) -> torch.Tensor:
-    """Each unit's rank within its group, from 0 (lowest score) to 1 (highest)."""
-    ranks = torch.empty_like(score, dtype=torch.float64)
-    ranks[score.argsort()] = torch.linspace(0.0, 1.0, score.numel(), dtype=torch.float64)
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank among ``values`` (float64), from 0 (lowest) to 1 (highest)."""
+    ranks = torch.empty_like(values, dtype=torch.float64)
+    ranks[values.argsort()] = torch.linspace(0.0, 1.0, values.numel(), dtype=torch.float64)
     return ranks
 
 
