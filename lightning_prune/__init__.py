@@ -23,6 +23,7 @@ from lightning_prune.costs import (
 from lightning_prune.deploy import export_onnx
 from lightning_prune.errors import (
     ArgumentError,
+    CheckpointMismatchError,
     CollapseError,
     ExampleInputError,
     ExportError,
@@ -84,6 +85,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AdaptiveController",
     "ArgumentError",
+    "CheckpointMismatchError",
     "ClassificationModule",
     "CollapseError",
     "DynamicProbabilisticPruning",

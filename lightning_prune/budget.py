@@ -244,8 +244,8 @@ class AdaptiveController(TargetController):
             trained checkpoint: the knapsack's own choice of units, applied once to the
             checkpoint and fine-tuned, scored 68.5% (3 seeds), the same widths with the units
             of largest weights 69.6%, random units 66.0%; in the relaxation, ``"knapsack"``
-            68.66% (+- 0.61, 5 seeds), ``"weights"`` 69.51% (+- 0.30), one-shot magnitude
-            pruning 69.58% (+- 0.27; README, issue 11).
+            68.66% (+- 0.61, 5 seeds), ``"weights"`` 69.48% (+- 0.24, 10 seeds), one-shot
+            magnitude pruning 69.49% (+- 0.27, the same 10 seeds; README, issue 11).
         within_weight: how far (in logit units) the within-group rank of the weights moves a
             unit's key at the start of the structure phase, ``within_weight * (rank - 0.5)``
             with ``rank`` in ``[0, 1]``; it fades linearly to nothing at the phase's end, so

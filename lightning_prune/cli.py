@@ -21,6 +21,9 @@ Lightning's own CLI this one
   ``report:``, e.g. ``--report.latency_batch_size=32``): at the end of ``fit`` a summary table
   in the terminal and ``summary.json`` plus plots in the run directory;
 * sets torch's CPU threads (``--num_threads``);
+* ``--init_weights=PATH`` starts ``fit`` from a trained model's weights (a Lightning
+  checkpoint or a state_dict, :func:`~lightning_prune.module.weights.load_trained_weights`)
+  and prunes it; ``--ckpt_path`` resumes a pruning run instead;
 * ``--export_onnx=true`` makes every :class:`~lightning_prune.callbacks.NetworkCollapse`
   also write the collapsed network as ``pruned.onnx`` (:func:`lightning_prune.export_onnx`);
 * a subcommand outside Lightning's, ``lightning-prune export``
@@ -62,6 +65,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.module.weights import load_trained_weights
 from lightning_prune.reporting import PruningReport, run_directory, unique_names
 
 __all__ = ["DEMO_CONFIG", "LightningPruneCLI", "RunConfigSaver", "main", "with_default_config"]
@@ -240,6 +244,14 @@ class LightningPruneCLI(LightningCLI):
             help="make every NetworkCollapse callback also write the collapsed network as "
             "pruned.onnx in the run directory (needs `pip install lightning-prune[deploy]`).",
         )
+        parser.add_argument(
+            "--init_weights",
+            type=str | None,
+            default=None,
+            help="fit: start from a trained model's weights (a Lightning checkpoint of the dense "
+            "model or a state_dict file, loaded with weights_only=True) and prune it. "
+            "--ckpt_path resumes a pruning run instead.",
+        )
         parser.add_lightning_class_args(PruningReport, "report")
 
     @override
@@ -269,7 +281,11 @@ class LightningPruneCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
-        """Apply ``--export_onnx`` to the NetworkCollapse callbacks (before any training)."""
+        """Load ``--init_weights``; apply ``--export_onnx`` to the NetworkCollapse callbacks."""
+        weights = self._get(self.config, "init_weights", default=None)
+        if weights:
+            load_trained_weights(self.model, weights)
+            rank_zero_info(f"lightning-prune: started from the weights in {weights}.")
         if not self._get(self.config, "export_onnx", default=False):
             return
         from lightning_prune.callbacks import NetworkCollapse
@@ -375,10 +391,11 @@ def _friendly_errors() -> tuple[type[BaseException], ...]:
 
 
 def _raised_here(err: BaseException) -> bool:
-    """Whether ``err`` is a ``ValueError`` raised by lightning_prune's own argument checks."""
+    """Whether ``err`` is a ``ValueError`` or ``FileNotFoundError`` of lightning_prune's checks."""
     frames = traceback.extract_tb(err.__traceback__)
     package = f"{os.sep}lightning_prune{os.sep}"
-    return isinstance(err, ValueError) and bool(frames) and package in frames[-1].filename
+    checked = isinstance(err, (ValueError, FileNotFoundError))
+    return checked and bool(frames) and package in frames[-1].filename
 
 
 def friendly_error(err: BaseException) -> BaseException | None:

@@ -31,6 +31,10 @@ class PlanMismatchError(PruningError, ValueError):
     """A channel plan does not fit the model it is applied to."""
 
 
+class CheckpointMismatchError(PruningError, ValueError):
+    """A checkpoint or weights file does not fit the run or the model it is loaded into."""
+
+
 class ArgumentError(PruningError, ValueError):
     """An argument is invalid (a gate option, an ``exclude`` pattern); raised before any work."""
 

@@ -49,6 +49,9 @@ def test_collapse_logs_saves_and_never_overwrites(tmp_path):
     assert summary["prune/collapse/params_before"] == dense_params
     assert summary["prune/collapse/params_after"] == lp.count_params(module)
     assert summary["prune/collapse/flops_after"] < summary["prune/collapse/flops_before"]
+    # per sample (the example input holds 2), as the report counts them
+    one = torch.zeros(1, 3, 16, 16)
+    assert summary["prune/collapse/flops_after"] == lp.count_flops(module, one)
     assert summary["prune/collapse/latency_ms_after"] > 0
     with safe_open(str(out / "pruned.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["lightning_prune_plan"]) == json.loads(

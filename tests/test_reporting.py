@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from rich.console import Console
+from test_lightning_utils import PlainModule, TinyNet, make_loader
 
 import lightning_prune as lp
 from lightning_prune.deploy import deploy_available
@@ -215,15 +216,7 @@ def _loader(n: int = 32) -> torch.utils.data.DataLoader:
 def test_pruning_report_without_network_collapse(tmp_path: Path) -> None:
     """Standalone use: no NetworkCollapse, so the report measures a collapsed copy."""
     report = PruningReport(latency_batch_size=4, latency_repeats=2, print_summary=False)
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=CSVLogger(tmp_path, name="r"),
-        callbacks=[report],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-    )
+    trainer = _report_trainer(tmp_path, 3, [report])
     model = _TinyPrunable()
     trainer.fit(model, _loader(), _loader(16))
     assert lp.is_augmented(model)  # the report never modifies the module
@@ -334,3 +327,44 @@ def test_pruning_report_without_onnxruntime(
     assert PruningReport().onnxruntime is False  # the default follows the installed extra
     with pytest.raises(lp.MissingExtraError, match=r"pip install lightning-prune\[deploy\]"):
         PruningReport(onnxruntime=True)
+
+
+class _UsersModule(PlainModule):
+    """A user's module: no example_input_array, its own metric key (``val_acc``)."""
+
+    def __init__(self) -> None:
+        super().__init__(width=8, example=False)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+
+def _report_trainer(tmp_path: Path, epochs: int, callbacks: list) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        logger=CSVLogger(tmp_path, name="r"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
+
+
+def test_pruning_report_takes_the_input_from_a_training_batch(tmp_path: Path) -> None:
+    """The one callback on a user's module without example inputs: FLOPs and latency are
+    still reported (from the run's first training batch) and the user's metric is plotted."""
+    report = PruningReport(latency_batch_size=4, latency_repeats=2, print_summary=False)
+    trainer = _report_trainer(tmp_path, 4, [lp.callbacks.RelaxedPruning(target=0.5), report])
+    model = _UsersModule()
+    trainer.fit(model, make_loader(32, 8), make_loader(16, 8, seed=1))
+    summary = json.loads(report.paths["json"].read_text())
+    x = torch.zeros(1, 3, 16, 16)
+    dense_flops = lp.count_flops(TinyNet(8), x)
+    assert summary["dense"]["flops"] == dense_flops
+    assert summary["collapsed"]["flops"] == lp.count_flops(model.net, x) < dense_flops
+    assert summary["ratios"]["latency_ms"] is not None
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
+    assert all("val_acc" in h and "train/loss" in h for h in summary["history"])
+    assert PruningReport._history_metric(summary["metric"], summary["history"]) == "val_acc"

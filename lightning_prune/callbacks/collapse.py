@@ -89,10 +89,10 @@ class NetworkCollapse(Callback):
     after ``fit`` tests it, and ``trainer.save_checkpoint`` writes a checkpoint that
     ``load_from_checkpoint`` rebuilds (the mixin stores the channel plan in it).
 
-    At the end of ``fit`` it logs parameters, FLOPs and latency of the original dense network
-    and of the compact one, timed the same way (alternating rounds, warmed up; to every logger
-    as ``prune/collapse/*`` and as one table on rank 0), and saves the compact ``state_dict``
-    plus the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
+    At the end of ``fit`` it logs parameters, FLOPs per sample and latency of the original
+    dense network and of the compact one, timed the same way (alternating rounds, warmed up; to
+    every logger as ``prune/collapse/*`` and as one table on rank 0), and saves the compact
+    ``state_dict`` plus the JSON channel plan: ``{dirpath}/{filename}.safetensors`` (or ``.pt``) and
     ``{filename}.json``, adding ``-1``, ``-2``, ... rather than overwriting. Only rank 0
     writes; every rank collapses (identically: DDP keeps the gates in sync). With
     ``export_onnx=True`` it also writes ``{filename}.onnx`` with the same stem
@@ -224,10 +224,12 @@ class NetworkCollapse(Callback):
 
     # --------------------------------------------------------------------------- helpers
     def _count(self, module: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, float]:
-        example = model_state.on_device(example, model_state.model_device(module))
+        """Parameters and FLOPs per sample (of the example's first sample)."""
+        one = tuple(t[:1] if t.dim() > 0 else t for t in example)
+        one = model_state.on_device(one, model_state.model_device(module))
         return {
             "params": float(lp.count_params(module)),
-            "flops": float(lp.count_flops(module, example)),
+            "flops": float(lp.count_flops(module, one)),
         }
 
     def _snapshot_dense(self, pl_module: LightningModule) -> None:
@@ -465,7 +467,16 @@ class NetworkCollapse(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(self.summary, step=trainer.global_step)
             logger.save()
-        rows = [{"": "dense (original)", **before}, {"": "collapsed", **after}]
+        batch_size = self.latency_batch_size or (int(example[0].shape[0]) if example else 1)
+        labels = {
+            "params": "params",
+            "flops": "FLOPs / sample",
+            "latency_ms": f"latency (ms, batch {batch_size})",
+        }
+        rows = [
+            {"": name, **{labels[k]: v for k, v in counts.items()}}
+            for name, counts in (("dense (original)", before), ("collapsed", after))
+        ]
         rank_zero_info("NetworkCollapse:\n" + format_table(rows, float_format=",.4g"))
 
     @override

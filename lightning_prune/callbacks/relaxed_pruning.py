@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -19,6 +19,7 @@ from lightning_prune.callbacks.monitor import SparsityMonitor
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
 from lightning_prune.module import optim as gate_optim
 from lightning_prune.module import state as model_state
+from lightning_prune.module.batches import training_batch_inputs
 from lightning_prune.module.mixin import PrunableMixin
 from lightning_prune.module.state import default_example_inputs
 from lightning_prune.module.structure import StructureLearning, resolve_schedule_argument
@@ -254,17 +255,10 @@ class RelaxedPruning(Callback):
 
     # ---------------------------------------------------------------------- example input
     def _peek_example(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
-        trainer.fit_loop.setup_data()  # what the fit loop does first anyway (public API)
-        loaders = trainer.train_dataloader
-        if isinstance(loaders, Mapping):
-            loaders = next(iter(loaders.values()), None)
-        elif isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if loaders else None
-        if loaders is None:
+        example = training_batch_inputs(trainer, self.input_key)
+        if example is None:
             raise lp.ExampleInputError(NO_EXAMPLE.format(name=type(pl_module).__name__))
-        with torch.random.fork_rng(devices=[]):  # our extra iterator must not shift the RNG
-            batch = next(iter(loaders))
-        return default_example_inputs(batch, self.input_key)
+        return example
 
     def _augment(self, pl_module: LightningModule) -> None:
         if lp.is_augmented(pl_module) or model_state.was_collapsed(pl_module):

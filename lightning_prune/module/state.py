@@ -33,6 +33,15 @@ from lightning_prune.surgery.importance import IMPORTANCE
 CHECKPOINT_KEY = "lightning_prune"
 CHECKPOINT_VERSION = 1
 
+#: Resuming (``ckpt_path``) a pruning run from a checkpoint that has no pruning state.
+DENSE_CHECKPOINT = (
+    "The checkpoint holds no pruning state (it is a dense model's), but {name} already has "
+    "gates: `ckpt_path` resumes a pruning run from one of its own checkpoints. To prune a "
+    "trained model, start a new fit from its weights instead: `lightning-prune fit ... "
+    "--init_weights=PATH`, or in Python `model.load_state_dict(torch.load(PATH, "
+    "weights_only=True)['state_dict'])` before `trainer.fit(model)` without `ckpt_path`."
+)
+
 _SETUP_ATTR = "_lp_gate_setup"
 _EXAMPLE_ATTR = "_lp_example_inputs"
 _PLAN_ATTR = "_lp_composed_plan"
@@ -422,6 +431,8 @@ def restore_structure(model: nn.Module, state: Mapping[str, Any] | None) -> None
         PlanMismatchError: when the model has another structure than the checkpoint's origin.
     """
     if not state:
+        if lp.is_augmented(model):
+            raise lp.CheckpointMismatchError(DENSE_CHECKPOINT.format(name=type(model).__name__))
         return
     plan = state.get("plan")
     current = composed_plan(model)

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
@@ -20,8 +19,17 @@ import lightning_prune as lp
 from lightning_prune.deploy.extra import deploy_available, require
 from lightning_prune.dpp import has_dpp, kept_macs, strip_dpp
 from lightning_prune.module import state as model_state
-from lightning_prune.profiling import compare_latency
 from lightning_prune.reporting.evaluate import evaluate_module
+from lightning_prune.reporting.loggers import log_report
+from lightning_prune.reporting.measure import (
+    find_example,
+    latencies,
+    measure,
+    onnxruntime_latencies,
+    pruning_state,
+    validation_batches,
+    validation_loader,
+)
 from lightning_prune.reporting.paths import run_directory, unique_names
 from lightning_prune.reporting.summary import make_summary, render_summary, write_json
 
@@ -29,7 +37,7 @@ __all__ = ["PruningReport"]
 
 #: Metric names tried, in order, when ``metric`` is not given.
 DEFAULT_METRICS = ("val/acc", "val/miou", "val_acc", "val/accuracy", "val/top1")
-#: ``callback_metrics`` keys recorded in the per-epoch history besides ``val/*`` and ``train/*``.
+#: ``callback_metrics`` keys recorded in the per-epoch history besides ``val*`` and ``train*``.
 HISTORY_KEYS = (
     "prune/temperature",
     "prune/penalty/total",
@@ -49,24 +57,6 @@ def _scalar(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-def _as_tuple(example: Any) -> tuple[torch.Tensor, ...] | None:
-    if isinstance(example, torch.Tensor):
-        return (example,)
-    if (
-        isinstance(example, (tuple, list))
-        and example
-        and all(isinstance(t, torch.Tensor) for t in example)
-    ):
-        return tuple(example)
-    return None
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 class PruningReport(Callback):
@@ -191,100 +181,31 @@ class PruningReport(Callback):
         return self._generate_state_key(filename=self.filename)
 
     # ------------------------------------------------------------------------- measuring
-    def _find_example(
-        self, trainer: Trainer, pl_module: LightningModule
-    ) -> tuple[torch.Tensor, ...] | None:
-        example = _as_tuple(getattr(pl_module, "example_input_array", None))
-        if example is None:
-            datamodule = getattr(trainer, "datamodule", None)
-            if datamodule is not None and hasattr(datamodule, "example_input"):
-                example = _as_tuple(datamodule.example_input(2))
-        return None if example is None else tuple(t.detach()[:1].cpu() for t in example)
-
-    def _measure(self, module: nn.Module) -> dict[str, Any]:
-        """Parameters, FLOPs per sample and latency of ``module`` (on its current device)."""
-        out: dict[str, Any] = {"params": int(lp.count_params(module))}
-        if self._example is None:
-            return out
-        device = _device_of(module)
-        one = tuple(t.to(device) for t in self._example)
-        was_training = module.training
-        module.eval()
-        try:
-            out["flops"] = int(lp.count_flops(module, one))
-        except Exception as err:
-            rank_zero_warn(f"PruningReport: could not count FLOPs ({type(err).__name__}: {err}).")
-        finally:
-            module.train(was_training)
-        return out
-
-    def _latencies(self, modules: list[nn.Module], device: torch.device) -> list[float]:
+    def _latencies(self, modules: list[Any], device: torch.device) -> list[float]:
         """Median latency of each module, measured in alternating rounds on ``device``."""
         assert self._example is not None
-        batch = tuple(
-            t.expand(self.latency_batch_size, *t.shape[1:]).contiguous() for t in self._example
+        times, self._latency = latencies(
+            modules, self._example, self.latency_batch_size, self.latency_repeats, device
         )
-        result = compare_latency(
-            modules,
-            batch,
-            rounds=min(3, self.latency_repeats),
-            repeats=self.latency_repeats,
-            device=device,
-        )
-        self._latency = result.settings()
-        return result.median_ms
+        return times
 
     def _onnxruntime_latencies(self, modules: list[nn.Module]) -> list[float] | None:
         """Latency of each module exported to ONNX and run in ONNX Runtime (CPU), alternately.
 
-        Timed by :meth:`_latencies` like the eager networks; the eager settings stay in
-        ``self._latency`` and the session's are added under ``"onnxruntime"``.
+        Timed like the eager networks; the eager settings stay in ``self._latency`` and the
+        session's are added under ``"onnxruntime"``.
         """
         if not self.onnxruntime or self._example is None:
             return None
-        from lightning_prune.deploy import to_onnxruntime
-
-        try:
-            sessions = [to_onnxruntime(module, self._example) for module in modules]
-        except lp.PruningError as err:
-            rank_zero_warn(f"PruningReport: no ONNX Runtime latency ({err}).")
+        timed = onnxruntime_latencies(
+            modules, self._example, self.latency_batch_size, self.latency_repeats
+        )
+        if timed is None:
             return None
-        eager = self._latency
-        times = self._latencies(list(sessions), torch.device("cpu"))
-        assert self._latency is not None and eager is not None
-        self._latency = {
-            **eager,
-            "onnxruntime": {
-                **sessions[0].settings,
-                "device": "cpu",
-                "repeats": self._latency["repeats"],
-                "batch_size": self._latency["batch_size"],
-                "model": "exported with lp.export_onnx (BatchNorm folded, dynamic batch)",
-            },
-        }
+        times, settings = timed
+        assert self._latency is not None
+        self._latency = {**self._latency, "onnxruntime": settings}
         return times
-
-    def _pruning_state(self, pl_module: nn.Module) -> dict[str, Any]:
-        groups = lp.get_groups(pl_module)
-        if not groups:
-            return {}
-        with torch.no_grad():
-            kept = sum(int(g.gate.hard_mask().sum()) for g in groups)
-            channels = sum(int(g.num_channels) for g in groups)
-            temperatures = [float(torch.as_tensor(g.gate.temperature).mean()) for g in groups]
-            temperature = sum(temperatures) / len(temperatures)
-        state: dict[str, Any] = {
-            "kept_channels": kept / channels if channels else 1.0,
-            "temperature": temperature,
-        }
-        for kind in ("flops", "params"):
-            if kind not in self._dense_cost:
-                self._dense_cost[kind] = float(lp.dense_cost(pl_module, kind=kind))
-            dense = self._dense_cost[kind]
-            state[f"{kind}_ratio"] = (
-                float(lp.hard_cost(pl_module, kind=kind)) / dense if dense else None
-            )
-        return state
 
     def _record(
         self, trainer: Trainer, pl_module: LightningModule, prefixes: tuple[str, ...]
@@ -298,18 +219,19 @@ class PruningReport(Callback):
                 number = _scalar(value)
                 if number is not None and math.isfinite(number):
                     entry[key] = number
-        entry.update(self._pruning_state(pl_module))
+        entry.update(pruning_state(pl_module, self._dense_cost))
 
     # ------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or self.dense is not None:
             return
-        self._example = self._find_example(trainer, pl_module)
+        self._example = find_example(trainer, pl_module)
         if self._example is None:
             rank_zero_warn(
-                "PruningReport: the module has no `example_input_array` and the datamodule no "
-                "`example_input()`, so FLOPs and latency are not reported."
+                "PruningReport: the module has no `example_input_array`, the datamodule no "
+                "`example_input()` and the run no training batch to take an input from, so "
+                "FLOPs and latency are not reported; set `model.example_input_array`."
             )
         # DPP masks (and fake-quant) already on the model: measure the network without them
         self._dpp = has_dpp(pl_module)
@@ -317,7 +239,7 @@ class PruningReport(Callback):
         if self._dpp:
             measured = copy.deepcopy(pl_module)
             strip_dpp(measured, fold=False)
-        self.dense = self._measure(measured)
+        self.dense = measure(measured, self._example)
         self.dense_widths = lp.layer_widths(measured)
         if self.latency_batch_size and self._example is not None:
             net = getattr(measured, "net", None)
@@ -332,11 +254,11 @@ class PruningReport(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._record(trainer, pl_module, ("val/",))
+        self._record(trainer, pl_module, ("val",))
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._record(trainer, pl_module, ("train/",))
+        self._record(trainer, pl_module, ("train",))
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -356,28 +278,18 @@ class PruningReport(Callback):
         seen = set(evaluated) | {k for h in self.history.values() for k in h}
         return next((name for name in DEFAULT_METRICS if name in seen), None)
 
+    @staticmethod
+    def _history_metric(metric: str | None, history: list[dict[str, Any]]) -> str | None:
+        """The logged key to plot: ``metric``, else the module's own (e.g. ``val_acc``)."""
+        logged = {k for entry in history for k in entry}
+        if metric is None or metric in logged:
+            return metric
+        return next((name for name in DEFAULT_METRICS if name in logged), metric)
+
     def _dense_metric(self) -> tuple[float | None, str | None]:
         if self.reference_metric is None:
             return None, None
         return float(self.reference_metric), "reference value (report.reference_metric)"
-
-    def _loader(self, trainer: Trainer) -> Any:
-        loaders = trainer.val_dataloaders
-        datamodule = getattr(trainer, "datamodule", None)
-        if loaders is None and datamodule is not None:
-            try:
-                loaders = datamodule.val_dataloader()
-            except Exception:
-                return None
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if loaders else None
-        return loaders
-
-    def _eval_batches(self, trainer: Trainer) -> int | None:
-        if self.eval_batches is not None:
-            return self.eval_batches
-        counts = [n for n in (trainer.num_val_batches or []) if math.isfinite(n)]
-        return int(counts[0]) if counts else None
 
     def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert self.dense is not None
@@ -391,11 +303,11 @@ class PruningReport(Callback):
         kept = None
         if self._dpp or has_dpp(compact):
             if self._example is not None:
-                one = tuple(t.to(_device_of(compact)) for t in self._example)
+                one = tuple(t.to(model_state.model_device(compact)) for t in self._example)
                 kept = kept_macs(compact, one if len(one) > 1 else one[0])
             timed = copy.deepcopy(compact)
             strip_dpp(timed, fold=True)
-        collapsed = self._measure(timed)
+        collapsed = measure(timed, self._example)
         collapsed_widths = lp.layer_widths(timed)
         dense = dict(self.dense)
         if self.latency_batch_size and self._example is not None:
@@ -412,13 +324,13 @@ class PruningReport(Callback):
                 (collapsed["latency_ms"],) = self._latencies([timed], device)
             self._dense_net = None
         evaluated: dict[str, float] = {}
-        loader = self._loader(trainer) if self.evaluate else None
+        loader = validation_loader(trainer) if self.evaluate else None
         if loader is not None:
             evaluated = evaluate_module(
                 compact,
                 loader,
                 device=trainer.strategy.root_device,
-                max_batches=self._eval_batches(trainer),
+                max_batches=validation_batches(trainer, self.eval_batches),
             )
         metric = self._metric_name(evaluated)
         dense["metric"], dense["metric_source"] = self._dense_metric()
@@ -459,7 +371,12 @@ class PruningReport(Callback):
             from lightning_prune.reporting.plots import plot_training, plot_widths
 
             plot_widths(self.summary["layers"], widths_path, title=network)
-            plot_training(history, training_path, metric=metric, title=f"{network}: training")
+            plot_training(
+                history,
+                training_path,
+                metric=self._history_metric(metric, history),
+                title=f"{network}: training",
+            )
             files += [widths_path.name, training_path.name]
         self.summary["files"] = sorted(
             {*files, *(p.name for p in directory.iterdir() if p.is_file())}
@@ -470,42 +387,8 @@ class PruningReport(Callback):
             self.paths.update(widths=widths_path, training=training_path)
         if self.print_summary:
             render_summary(self.summary)
-        self._log(trainer)
+        log_report(trainer, self.summary, self.paths)
         rank_zero_info(f"PruningReport: wrote {', '.join(str(p) for p in self.paths.values())}")
-
-    def _log(self, trainer: Trainer) -> None:
-        summary = self.summary
-        assert summary is not None
-        numbers: dict[str, float] = {}
-        for row in ("dense", "collapsed"):
-            for key in ("params", "flops", "latency_ms", "latency_ort_ms", "metric"):
-                value = summary[row].get(key)
-                if value is not None:
-                    numbers[f"report/{row}_{key}"] = float(value)
-        for key in (
-            "flops_removed",
-            "params_removed",
-            "speedup",
-            "speedup_onnxruntime",
-            "efficiency",
-            "efficiency_onnxruntime",
-        ):
-            if summary.get(key) is not None:
-                numbers[f"report/{key}"] = float(summary[key])
-        for logger in trainer.loggers:
-            logger.log_metrics(numbers, step=trainer.global_step)
-            if isinstance(logger, WandbLogger):
-                columns = ["stage", "layers", "dense", "kept", "kept_fraction"]
-                logger.log_table(
-                    key="report/kept_channels_per_stage",
-                    columns=columns,
-                    data=[[row[c] for c in columns] for row in summary["stages"]],
-                    step=trainer.global_step,
-                )
-                images = [str(self.paths[k]) for k in ("widths", "training") if k in self.paths]
-                if images:
-                    logger.log_image(key="report/plots", images=images, step=trainer.global_step)
-            logger.save()
 
     # ------------------------------------------------------------------------------ state
     @override

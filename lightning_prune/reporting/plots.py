@@ -133,7 +133,8 @@ def plot_training(
         txs, tys = series(train_key)
         if txs and train_key != metric:
             right.plot(txs, tys, color="#9ecae1", label=train_key)
-        right.legend(loc="lower right")
+        if right.get_legend_handles_labels()[0]:  # no curve logged: no empty legend
+            right.legend(loc="lower right")
     right.set_xlabel("epoch")
     right.set_ylabel(metric or "metric")
     right.grid(alpha=0.3)
