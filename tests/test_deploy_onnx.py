@@ -283,3 +283,17 @@ def test_a_fixed_batch_model_is_told_to_export_a_fixed_batch(tmp_path: Path) -> 
         FixedBatch(), torch.randn(2, 3, 4), tmp_path / "x.onnx", dynamic_batch=False
     )
     assert result.dynamic_batch is False and max(result.errors.values()) <= 1e-4
+
+
+@needs_deploy
+def test_dynamic_batch_export_from_a_single_sample() -> None:
+    """torch.export fixes a size-1 dimension to 1; timm's ConvNeXt then refused a symbolic
+    batch when the example input (the report's) held one sample. Exported from a batch of 2,
+    the session runs other batch sizes and matches eager."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("timm:convnext_atto", num_classes=10).eval()
+        session = lp.deploy.to_onnxruntime(model, (torch.randn(1, 3, 32, 32),))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert max_relative_error([model(x)], [torch.as_tensor(session(x))]) < 1e-4

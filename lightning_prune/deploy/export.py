@@ -132,6 +132,15 @@ def max_relative_error(reference: Sequence[torch.Tensor], outputs: Sequence[torc
     return worst
 
 
+def _traceable_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``inputs`` with a batch of at least 2, to export with a symbolic batch.
+
+    torch.export fixes a dimension of size 1 to 1, which contradicts a symbolic batch (timm's
+    ConvNeXt failed so on one sample).
+    """
+    return tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in inputs)
+
+
 def _fresh_inputs(
     inputs: tuple[torch.Tensor, ...], grow_batch: bool, seed: int
 ) -> tuple[torch.Tensor, ...]:
@@ -341,8 +350,9 @@ def serialize_onnx(
         work = fold_norms(work, inputs, inplace=True)
     input_names = _names("input", len(inputs))
     output_names = _names("output", len(references[0]))
+    traced = _traceable_batch(inputs) if dynamic_batch else inputs
     data, opset = _to_onnx(
-        work, inputs, input_names, output_names, dynamic_batch, opset_version, optimize
+        work, traced, input_names, output_names, dynamic_batch, opset_version, optimize
     )
     check = OnnxExport(
         path=None,
