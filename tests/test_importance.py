@@ -57,6 +57,29 @@ def test_weight_importance_resnet_streams_and_depthwise_groups() -> None:
             assert bool((score > 0).all()), name
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["timm_vit", "timm_swin", "timm_maxvit", "tv_vit", "tv_swin", "smp_segformer_mit_b0"],
+)
+def test_weight_importance_on_transformers(name: str) -> None:
+    """Functional attention calls and packed heads are specs without a module of their own:
+    skipped (the default controller crashed on a timm ViT); MLP widths are scored."""
+    import warnings
+
+    from tests.transformer_zoo import build
+
+    model, shape = build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gates = lp.augment(model, torch.randn(*shape))
+    scores = weight_importance(model)
+    assert len(scores) == len(gates)
+    scored = [(g, s) for g, s in zip(gates, scores) if s is not None]
+    assert scored, name
+    for gate, score in scored:
+        assert score.shape == (gate.num_channels,) and bool((score > 0).all()), name
+
+
 def test_weight_importance_needs_gates() -> None:
     with pytest.raises(lp.NotAugmentedError, match="Cannot score units by their weights"):
         weight_importance(_plain_net())

@@ -140,3 +140,32 @@ def test_config_through_lightning_cli(tmp_path):
     module.configure_model()
     optimizer = module.configure_optimizers()["optimizer"]
     assert type(optimizer).__name__ == "Adam" and optimizer.param_groups[1]["lr"] == 0.02
+
+
+def test_timm_vit_with_the_defaults_prunes_heads_and_mlp(tmp_path):
+    """The default controller on a transformer (functional attention, packed heads): the
+    structure phase runs, the network collapses to the target, heads and MLP widths shrink."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = lp.models.build_model(
+        "timm:vit_tiny_patch16_224",
+        num_classes=4,
+        img_size=16,
+        patch_size=4,
+        embed_dim=48,
+        depth=2,
+        num_heads=4,
+    )
+    module = ClassificationModule(net, input_shape=(3, 16, 16), target=0.6)
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=4, callbacks=[NetworkCollapse(save=False)])
+    )
+    dense = lp.count_flops(net, torch.zeros(1, 3, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the embedding width under LayerNorm stays
+        trainer.fit(module, _cls_loader(32))
+    assert not lp.is_augmented(module)
+    ratio = lp.count_flops(module.net, torch.zeros(1, 3, 16, 16)) / dense
+    assert abs(ratio - 0.6) <= 0.05
+    assert module.net.blocks[0].mlp.fc1.out_features < 4 * 48

@@ -120,6 +120,10 @@ def unit_importance(model: nn.Module, importance: str = "magnitude") -> list[tor
     return [t / c.clamp_min(1) for t, c in zip(totals, counts)]
 
 
+#: Spec roles whose module holds per-channel weight slices (see :func:`_slice_norms`).
+_WEIGHT_ROLES = ("norm", "conv", "grouped")
+
+
 def _slice_norms(
     module: nn.Module, spec: ModuleSpec, p: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -133,7 +137,7 @@ def _slice_norms(
         if not isinstance(weight, torch.Tensor):
             return None, None
         return weight.detach().abs().pow(p).reshape(-1), None
-    if spec.role not in ("conv", "grouped"):
+    if spec.role not in _WEIGHT_ROLES:
         return None, None
     weight = projection(module)[0]
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
@@ -187,6 +191,8 @@ def weight_importance(model: nn.Module, p: int = 1) -> list[torch.Tensor | None]
     slices: list[torch.Tensor] = []
     where: list[torch.Tensor] = []
     for path, spec in state.modules.items():
+        if spec.role not in _WEIGHT_ROLES:  # e.g. heads of a functional attention call
+            continue
         outs, ins = _slice_norms(model.get_submodule(path), spec, p)
         in_index, out_index = indices[path]
         for norms, index in ((outs, out_index), (ins, in_index)):
