@@ -297,3 +297,16 @@ def test_dynamic_batch_export_from_a_single_sample() -> None:
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert max_relative_error([model(x)], [torch.as_tensor(session(x))]) < 1e-4
+
+
+@needs_deploy
+def test_failed_export_is_one_error_not_a_torch_log(monkeypatch, capfd) -> None:
+    """When torch.export refuses the model, the ExportError says why; torch's own guard-error
+    traceback (about 150 log lines) is not printed before it."""
+    monkeypatch.setattr(export_module, "_traceable_batch", lambda inputs: inputs)  # batch 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("timm:convnext_atto", num_classes=10).eval()
+        with pytest.raises(lp.ExportError, match="could not export ConvNeXt"):
+            lp.deploy.to_onnxruntime(model, (torch.randn(1, 3, 32, 32),))
+    assert "torch/_guards.py" not in capfd.readouterr().err

@@ -13,12 +13,14 @@ for a file written once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +225,22 @@ def _pad(
     return padded, report.to_dict()
 
 
+@contextlib.contextmanager
+def _quiet_torch_guards() -> Iterator[None]:
+    """Silence torch's guard-error log while exporting.
+
+    A failed export already raises an :class:`ExportError` that names the problem; torch logs
+    a long traceback before it.
+    """
+    logger = logging.getLogger("torch._guards")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _to_onnx(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -238,7 +256,7 @@ def _to_onnx(
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} if t.dim() else None for t in inputs)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_torch_guards():
             # several inputs share the one ``batch`` dimension; the exporter notes it for each
             warnings.filterwarnings("ignore", message=".*The axis name: batch will not be used")
             program = torch.onnx.export(
