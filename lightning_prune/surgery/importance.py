@@ -129,16 +129,15 @@ def _slice_norms(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """L-p norms of the weight slices of ``module`` per output and per input channel.
 
-    ``None`` where the module has no such per-channel weight slices (or their count does not
-    match its channel map, e.g. the inputs of a grouped conv).
+    ``spec.role`` is one of :data:`_WEIGHT_ROLES`. ``None`` where the module has no such
+    per-channel weight slices (or their count does not match its channel map, e.g. the inputs
+    of a grouped conv).
     """
     if spec.role == "norm":
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             return None, None
         return weight.detach().abs().pow(p).reshape(-1), None
-    if spec.role not in _WEIGHT_ROLES:
-        return None, None
     weight = projection(module)[0]
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         return None, None
