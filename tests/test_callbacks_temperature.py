@@ -177,12 +177,21 @@ def test_linear_dpp_schedule_and_logged_value(tmp_path):
     assert logged == pytest.approx([5.0, 2.75, 0.5])
 
 
-def test_missing_max_epochs_needs_end_epoch(tmp_path):
+def test_max_steps_run_ends_the_annealing_with_the_run(tmp_path):
+    anneal = TemperatureAnnealing("cosine", follow_schedule=False)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=-1, max_steps=5, callbacks=[anneal]))
+    trainer.fit(MixinModule(width=8), make_loader(16, 8))  # 2 steps per epoch
+    assert anneal._end_epoch == 2.5 - 1  # (epoch interval: the last epoch trains at `end`)
+
+
+def test_run_of_unknown_length_needs_end_epoch(tmp_path):
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     anneal = TemperatureAnnealing("cosine")
-    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=-1, max_steps=2, callbacks=[anneal]))
-    with pytest.raises(MisconfigurationException, match="needs `end_epoch`"):
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=-1, max_time={"seconds": 5}, callbacks=[anneal])
+    )
+    with pytest.raises(MisconfigurationException, match=r"needs `end_epoch` when the run's length"):
         trainer.fit(MixinModule(width=8), make_loader(16, 8))
 
 

@@ -21,6 +21,7 @@ import lightning_prune as lp
 from lightning_prune.deploy.export import describe_padding
 from lightning_prune.deploy.extra import require
 from lightning_prune.dpp.apply import get_dpp_masks
+from lightning_prune.module import companions
 from lightning_prune.module import state as model_state
 from lightning_prune.profiling import compare_latency, format_table
 from lightning_prune.reporting.paths import run_directory
@@ -52,7 +53,9 @@ def rebuild_optimizers(trainer: Trainer) -> None:
     Re-wraps the model in DDP (the old wrapper's buckets point at the old parameters), calls
     ``trainer.strategy.setup_optimizers`` (which runs ``configure_optimizers`` again) and
     restores each scheduler's state and current learning rates. Optimizer state (momentum)
-    starts afresh: its tensors had the old shapes.
+    starts afresh: its tensors had the old shapes. Weight-averaging callbacks (EMA, SWA)
+    restart their average from the new network
+    (:func:`~lightning_prune.module.companions.reseed_averaging`).
 
     Raises:
         MisconfigurationException: for strategies other than single-device and DDP.
@@ -74,6 +77,9 @@ def rebuild_optimizers(trainer: Trainer) -> None:
         if last is not None:
             for group, lr in zip(config.scheduler.optimizer.param_groups, last):
                 group["lr"] = lr
+    reseeded = companions.reseed_averaging(trainer, trainer.lightning_module)
+    if reseeded:
+        rank_zero_info(f"{', '.join(reseeded)}: averaging restarts from the new structure.")
 
 
 class NetworkCollapse(Callback):
@@ -276,6 +282,9 @@ class NetworkCollapse(Callback):
         )
         model_state.record_collapse(pl_module)
         rebuild_optimizers(trainer)
+        # (again: a validation between the end of the structure phase and this first batch
+        # scored the gated network, whose checkpoint the collapsed module cannot load)
+        companions.restart_tracking(trainer)
         self._collapsed_step = int(trainer.global_step)
         rank_zero_info(
             f"NetworkCollapse: collapsed at step {self._collapsed_step} (structure fixed); "

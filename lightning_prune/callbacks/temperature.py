@@ -17,6 +17,7 @@ import lightning_prune as lp
 from lightning_prune.callbacks.schedules import get_schedule, progress_between
 from lightning_prune.dpp import TopKMask, get_dpp_masks
 from lightning_prune.module import state as model_state
+from lightning_prune.module.step import run_epochs
 
 __all__ = ["TemperatureAnnealing"]
 
@@ -188,14 +189,15 @@ class TemperatureAnnealing(Callback):
             }
         end_epoch = self.end_epoch
         if end_epoch is None:
-            max_epochs = trainer.max_epochs
-            if max_epochs is None or max_epochs < 1:
+            epochs = run_epochs(trainer)
+            if epochs is None:
                 raise MisconfigurationException(
-                    "TemperatureAnnealing needs `end_epoch` when the Trainer has no max_epochs "
-                    "(e.g. max_steps-only training): pass TemperatureAnnealing(end_epoch=...)."
+                    "TemperatureAnnealing needs `end_epoch` when the run's length is unknown "
+                    "(no max_epochs, no max_steps, e.g. max_time-only training): pass "
+                    "TemperatureAnnealing(end_epoch=...)."
                 )
             # (end_epoch <= start_epoch, e.g. a single epoch, switches straight to `end`)
-            end_epoch = float(max_epochs - 1 if self.interval == "epoch" else max_epochs)
+            end_epoch = epochs - 1 if self.interval == "epoch" else epochs
         self._end_epoch = end_epoch
 
     def _structure_progress(self, trainer: Trainer, pl_module: LightningModule) -> float | None:

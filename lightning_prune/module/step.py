@@ -78,6 +78,39 @@ def training_progress(trainer: Any) -> float:
     return 1.0
 
 
+def run_epochs(trainer: Any) -> float | None:
+    """The run's length in epochs: ``max_epochs``, else ``max_steps`` in epochs, else ``None``.
+
+    A ``max_steps``-only run (``max_epochs=-1``) counts its optimizer steps per epoch from the
+    training batches and ``accumulate_grad_batches``; a run bounded only by time (or an
+    iterable dataset without a length) has no known length.
+
+    Example:
+        >>> import types
+        >>> run_epochs(types.SimpleNamespace(max_epochs=6))
+        6.0
+        >>> run_epochs(types.SimpleNamespace(
+        ...     max_epochs=-1, estimated_stepping_batches=60, num_training_batches=16,
+        ...     accumulate_grad_batches=1))
+        3.75
+    """
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and max_epochs > 0:
+        return float(max_epochs)
+    try:
+        total = float(trainer.estimated_stepping_batches)
+        if not math.isfinite(float(trainer.num_training_batches)):
+            # (with max_steps, Lightning answers the estimate without loading the data)
+            trainer.fit_loop.setup_data()
+        batches = float(trainer.num_training_batches)
+    except Exception:
+        return None
+    if not (math.isfinite(total) and math.isfinite(batches)) or total <= 0 or batches <= 0:
+        return None
+    per_epoch = math.ceil(batches / max(int(trainer.accumulate_grad_batches), 1))
+    return total / per_epoch
+
+
 def attached_trainer(module: Any) -> Any:
     """The Trainer ``module`` is attached to, or ``None``."""
     try:

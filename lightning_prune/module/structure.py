@@ -32,6 +32,7 @@ from torch import nn
 
 import lightning_prune as lp
 from lightning_prune.gates import ChannelGate
+from lightning_prune.module import companions
 from lightning_prune.module import state as model_state
 from lightning_prune.module.optim import gate_parameters
 from lightning_prune.module.step import PenaltyApplier, attached_trainer
@@ -289,9 +290,20 @@ class StructureLearning:
             for gate in gates:
                 gate.freeze()
             return
+        collapses = _collapses(trainer)
+        if collapses and self.resolved.final_phase == "collapse":
+            companions.check_averaging_start(
+                trainer, self.resolved.structure_steps, self.resolved.total_steps
+            )
+        reseeded = companions.reseed_averaging(trainer, module)
+        if reseeded:
+            rank_zero_info(
+                f"{self.owner}: {', '.join(reseeded)} now averages the gated network (its copy "
+                "was made before the gates were inserted)."
+            )
         target = controller.target if controller is not None else None
         temperature = _temperature_text(gates[0])
-        rows = self.resolved.rows(target, temperature, collapses=_collapses(trainer))
+        rows = self.resolved.rows(target, temperature, collapses=collapses)
         rank_zero_info(
             f"{self.owner}: pruning schedule ({self.resolved.total_steps} optimizer steps)\n"
             + format_table(rows)
@@ -359,6 +371,8 @@ class StructureLearning:
             return
         if int(trainer.global_step) >= self.resolved.structure_steps:
             self.finish(trainer, module)
+        else:  # the metric worsens by design while capacity goes: no early stop before the end
+            companions.hold_early_stopping(trainer)
 
     def on_train_end(self, trainer: Any, module: nn.Module) -> None:
         """Fix the structure if training ended inside the structure phase.
@@ -433,6 +447,13 @@ class StructureLearning:
             )
         else:
             rank_zero_info(message)
+        restarted = companions.restart_tracking(trainer)
+        if restarted:
+            rank_zero_info(
+                f"{self.owner}: {', '.join(restarted)} restarted: scores from before step "
+                f"{self.outcome['step']} describe the unpruned network (its checkpoints stay on "
+                "disk, no longer tracked)."
+            )
         return self.outcome
 
     # ------------------------------------------------------------------------------ state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from lightning_prune.module import optim as gate_optim
 from lightning_prune.module.mixin import PrunableMixin
-from lightning_prune.module.step import attached_trainer
+from lightning_prune.module.step import attached_trainer, run_epochs
 from lightning_prune.penalties import DEFAULT_TARGET, SparsityPenalty
 from lightning_prune.schedule import PruningSchedule
 
@@ -242,7 +243,7 @@ class PrunableModule(PrunableMixin, L.LightningModule):
             elif self.scheduler_interval == "step":
                 total = max(int(trainer.estimated_stepping_batches), 1)
             else:
-                total = max(int(trainer.max_epochs or 1), 1)
+                total = max(math.ceil(run_epochs(trainer) or 1), 1)
             scheduler = CosineAnnealingLR(optimizer, T_max=total)
         else:
             scheduler = self.lr_scheduler_fn(optimizer)
