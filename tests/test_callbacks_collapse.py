@@ -207,3 +207,34 @@ def test_export_onnx_needs_the_deploy_extra(monkeypatch):
         "installed): run `pip install lightning-prune[deploy]` (or `pip install onnxruntime`)."
     )
     assert NetworkCollapse().export_onnx is False
+
+
+class TwoInputModule(PlainModule):
+    """``forward(images, extra)`` on dict batches: one tensor of a batch is not a valid call."""
+
+    def __init__(self) -> None:
+        super().__init__(width=8, example=False)
+        self.extra = torch.nn.Linear(2, 4)
+        self.example_input_array = (torch.zeros(2, 3, 16, 16), torch.zeros(2, 2))
+
+    def forward(self, x, extra):
+        return self.net(x) + self.extra(extra)
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch["image"], batch["extra"])
+        return torch.nn.functional.cross_entropy(out, batch["label"])
+
+
+def test_mid_fit_collapse_of_a_model_with_several_inputs(tmp_path):
+    samples = [
+        {"image": x, "extra": torch.randn(2), "label": y} for x, y in make_loader(32, 8).dataset
+    ]
+    data = torch.utils.data.DataLoader(samples, batch_size=8)
+    module = TwoInputModule()
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=4, callbacks=[lp.callbacks.RelaxedPruning(0.5)])
+    )
+    trainer.fit(module, data)  # verified on the example (the batch's "image" alone cannot run)
+    assert not lp.is_augmented(module)
+    assert lp.count_params(module.net) < lp.count_params(TwoInputModule().net)
+    assert module(*module.example_input_array).shape == (2, 4)

@@ -56,6 +56,26 @@ def test_wrong_example_input_shape() -> None:
         lp.augment(torchvision.models.resnet18(), torch.randn(1, 1, 32, 32))
 
 
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.extra = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) + self.extra(extra)
+
+
+def test_example_missing_an_input_asks_for_all_of_them() -> None:
+    with pytest.raises(lp.ExampleInputError) as info:
+        lp.augment(TwoInputs(), torch.randn(2, 3, 8, 8))
+    assert str(info.value).endswith(
+        "Its forward takes another number of inputs: give all of them, as a tuple "
+        "(`self.example_input_array = (images, extra)`)."
+    )
+    assert "missing 1 required positional argument: 'extra'" in str(info.value)
+
+
 def test_missing_example_input() -> None:
     with pytest.raises(lp.ExampleInputError, match="No example input was given"):
         lp.augment(torchvision.models.resnet18(), None)  # type: ignore[arg-type]

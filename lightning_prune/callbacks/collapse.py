@@ -251,10 +251,21 @@ class NetworkCollapse(Callback):
         self._dense = dense.eval()
 
     def _verify_inputs(self, pl_module: nn.Module) -> list[tuple[torch.Tensor, ...]]:
-        """A real training batch (when one was seen) and a random input shaped like it."""
+        """A real training batch (when one was seen) and a random input shaped like it.
+
+        The batch stands in for the model's example only when it has the same form (as many
+        tensors, as many dimensions each): for a model whose ``forward`` takes several inputs
+        one tensor picked from a batch is not a valid call, and the example is used instead.
+        """
         real = self._batch_inputs
-        if real is None:
-            real = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
+        try:
+            example = model_state.example_inputs_of(pl_module, owner="NetworkCollapse")
+        except lp.ExampleInputError:
+            if real is None:
+                raise
+            example = real
+        if real is None or [t.dim() for t in real] != [t.dim() for t in example]:
+            real = example
         device = model_state.model_device(pl_module)
         inputs = [model_state.on_device(real, device)]
         if all(t.is_floating_point() for t in real):

@@ -112,10 +112,17 @@ def check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
     if dtype_err is not None:
         raise dtype_err from err
     shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-    raise ExampleInputError(
-        f"The model cannot run on the example input of shape {shapes}: {_describe(err)}. "
+    fix = (
         "Pass a batch shaped like the model's real input (for an image model: batch, "
         "channels, height, width)."
+    )
+    if isinstance(err, TypeError) and "positional argument" in str(err):
+        fix = (
+            "Its forward takes another number of inputs: give all of them, as a tuple "
+            "(`self.example_input_array = (images, extra)`)."
+        )
+    raise ExampleInputError(
+        f"The model cannot run on the example input of shape {shapes}: {_describe(err)}. {fix}"
     ) from err
 
 
