@@ -201,10 +201,13 @@ def pad_channels(
 
     Example:
         >>> from lightning_prune.models import build_model
-        >>> net = build_model("small_cnn", num_classes=3, width=12).eval()
+        >>> net = build_model("small_cnn", num_classes=3, width=14).eval()
         >>> padded, report = pad_channels(net, torch.randn(2, 3, 16, 16))
-        >>> report.added_channels > 0 and report.error < 1e-4
-        True
+        >>> report.padded_groups, report.added_channels, report.error < 1e-4
+        (3, 10, True)
+        >>> thin = build_model("small_cnn", num_classes=3, width=12).eval()
+        >>> pad_channels(thin, torch.randn(2, 3, 16, 16))[1].skipped  # 12 -> 16 costs too much
+        {'stem_0': '12 channels would grow by 33% (max_growth 0.25)'}
     """
     from lightning_prune.surgery.augmentation import augment
 
