@@ -252,3 +252,38 @@ def test_lightning_prune_row_is_one_fit_with_the_structure_outcome(tmp_path, mon
 
     assert not lp.is_augmented(outcome.net)  # collapsed: a plain, smaller network
     assert lp.count_params(outcome.net) < lp.count_params(ctx.dense_net())
+
+
+def test_width_latency_rebuilds_a_rows_widths(tmp_path, capsys):
+    import torch
+
+    import lightning_prune as lp
+    from benchmarks.compare.metrics import layer_widths
+    from benchmarks.width_latency import main, rebuild
+    from lightning_prune.models import build_model
+
+    def row(method, keep):
+        net = build_model("cifar_resnet20", num_classes=10)
+        lp.augment(net, torch.zeros(2, 3, 32, 32))
+        for group in lp.get_groups(net):
+            mask = torch.zeros(group.num_channels, dtype=torch.bool)
+            mask[: keep(group.num_channels)] = True
+            group.gate.set_mask(mask)
+        widths = layer_widths(lp.collapse(net, verify=False))
+        return {
+            "method": method, "seed": 0, "target": 0.75, "model": "cifar_resnet20",
+            "model_kwargs": {}, "num_classes": 10, "input_shape": [3, 32, 32], "widths": widths,
+        }  # fmt: skip
+
+    rows = [row("uniform", lambda n: n // 2), row("odd", lambda n: n // 2 - 1)]
+    assert layer_widths(rebuild(rows[1])) == rows[1]["widths"]
+    assert rows[1]["widths"]["layer3.0.conv2"] == 31 and rows[1]["widths"]["fc"] == 10
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"rows": rows}))
+    main([str(results), "--target", "0.75", "--methods", "odd", "uniform", "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| seed | odd vs | MFLOPs | ms, batch 32 | ratio |"
+    assert lines[2].startswith("| 0 | uniform | ")
+    del rows[0]["widths"]
+    with pytest.raises(SystemExit, match="has no recorded widths"):
+        rebuild(rows[0])

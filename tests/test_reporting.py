@@ -32,6 +32,7 @@ from lightning_prune.reporting import (
     unique_names,
     write_json,
 )
+from lightning_prune.reporting.history import plotted_metric
 
 
 @pytest.mark.parametrize(
@@ -367,4 +368,4 @@ def test_pruning_report_takes_the_input_from_a_training_batch(tmp_path: Path) ->
     assert summary["ratios"]["latency_ms"] is not None
     assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
     assert all("val_acc" in h and "train/loss" in h for h in summary["history"])
-    assert PruningReport._history_metric(summary["metric"], summary["history"]) == "val_acc"
+    assert plotted_metric(summary["metric"], summary["history"]) == "val_acc"

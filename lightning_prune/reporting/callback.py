@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from lightning_prune.deploy.extra import deploy_available, require
 from lightning_prune.dpp import has_dpp, kept_macs, strip_dpp
 from lightning_prune.module import state as model_state
 from lightning_prune.reporting.evaluate import evaluate_module
+from lightning_prune.reporting.history import metric_name, plotted_metric, record_epoch
 from lightning_prune.reporting.loggers import log_report
 from lightning_prune.reporting.measure import (
     find_example,
@@ -34,29 +33,6 @@ from lightning_prune.reporting.paths import run_directory, unique_names
 from lightning_prune.reporting.summary import make_summary, render_summary, write_json
 
 __all__ = ["PruningReport"]
-
-#: Metric names tried, in order, when ``metric`` is not given.
-DEFAULT_METRICS = ("val/acc", "val/miou", "val_acc", "val/accuracy", "val/top1")
-#: ``callback_metrics`` keys recorded in the per-epoch history besides ``val*`` and ``train*``.
-HISTORY_KEYS = (
-    "prune/temperature",
-    "prune/penalty/total",
-    "prune/penalty/multiplier",
-    "prune/penalty/measured_ratio",
-    "prune/kept_soft",
-    "prune/kept_hard",
-    "prune/relaxed_flops_ratio",
-)
-
-
-def _scalar(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            return None
-        value = value.item()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 class PruningReport(Callback):
@@ -210,16 +186,14 @@ class PruningReport(Callback):
     def _record(
         self, trainer: Trainer, pl_module: LightningModule, prefixes: tuple[str, ...]
     ) -> None:
-        entry = self.history.setdefault(
-            int(trainer.current_epoch), {"epoch": int(trainer.current_epoch)}
+        record_epoch(
+            self.history,
+            trainer.current_epoch,
+            trainer.global_step,
+            trainer.callback_metrics,
+            prefixes,
+            extra=pruning_state(pl_module, self._dense_cost),
         )
-        entry["step"] = int(trainer.global_step)
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith(prefixes) or key in HISTORY_KEYS:
-                number = _scalar(value)
-                if number is not None and math.isfinite(number):
-                    entry[key] = number
-        entry.update(pruning_state(pl_module, self._dense_cost))
 
     # ------------------------------------------------------------------------------ hooks
     @override
@@ -272,20 +246,6 @@ class PruningReport(Callback):
             )
 
     # ---------------------------------------------------------------------------- the end
-    def _metric_name(self, evaluated: Mapping[str, float]) -> str | None:
-        if self.metric:
-            return self.metric
-        seen = set(evaluated) | {k for h in self.history.values() for k in h}
-        return next((name for name in DEFAULT_METRICS if name in seen), None)
-
-    @staticmethod
-    def _history_metric(metric: str | None, history: list[dict[str, Any]]) -> str | None:
-        """The logged key to plot: ``metric``, else the module's own (e.g. ``val_acc``)."""
-        logged = {k for entry in history for k in entry}
-        if metric is None or metric in logged:
-            return metric
-        return next((name for name in DEFAULT_METRICS if name in logged), metric)
-
     def _dense_metric(self) -> tuple[float | None, str | None]:
         if self.reference_metric is None:
             return None, None
@@ -332,7 +292,7 @@ class PruningReport(Callback):
                 device=trainer.strategy.root_device,
                 max_batches=validation_batches(trainer, self.eval_batches),
             )
-        metric = self._metric_name(evaluated)
+        metric = metric_name(self.metric, evaluated, self.history)
         dense["metric"], dense["metric_source"] = self._dense_metric()
         history = [self.history[k] for k in sorted(self.history)]
         if metric is not None:
@@ -374,7 +334,7 @@ class PruningReport(Callback):
             plot_training(
                 history,
                 training_path,
-                metric=self._history_metric(metric, history),
+                metric=plotted_metric(metric, history),
                 title=f"{network}: training",
             )
             files += [widths_path.name, training_path.name]
