@@ -13,7 +13,10 @@ from lightning_prune.graph.channels import _norm_dim, _Val
 from lightning_prune.graph.ir import OpNode
 
 #: Why a reshape's channel split is pinned.
-COMPUTED = "(the size of a head is computed from a tensor's size: the head count cannot change)"
+COMPUTED = (
+    "(it splits the channels into blocks whose size is computed from a tensor's size, such as "
+    "attention heads or shuffle groups: the number of blocks cannot change)"
+)
 
 
 class _TensorOps(_LayoutOps):
