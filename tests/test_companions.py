@@ -127,3 +127,26 @@ def test_max_steps_only_run(tmp_path):
     assert schedule_of(module).structure_steps == 5
     assert structure_outcome(module)["snap_share"] <= 0.05
     assert not lp.is_augmented(module)
+
+
+@pytest.mark.parametrize("way", ["callback", "mixin"])
+def test_resume_in_the_final_phase_with_ema(tmp_path, way):
+    def callbacks():
+        extra = [RelaxedPruning(target=0.5)] if way == "callback" else [NetworkCollapse()]
+        return [*extra, EMAWeightAveraging(decay=0.5), ModelCheckpoint(save_top_k=-1)]
+
+    def module():
+        return PlainModule(width=8) if way == "callback" else MixinModule(width=8, target=0.5)
+
+    _fit(tmp_path / "a", module(), callbacks(), max_epochs=6, enable_checkpointing=True)
+    saved = sorted((tmp_path / "a").rglob("epoch=4-step=20.ckpt"))  # collapsed at step 12
+    assert len(saved) == 1
+    resumed = module()
+    kwargs = trainer_kwargs(tmp_path / "b", max_epochs=6, callbacks=callbacks())
+    trainer = L.Trainer(**{**kwargs, "enable_checkpointing": True})
+    trainer.fit(resumed, make_loader(32, 8), make_loader(16, 8, seed=1), ckpt_path=saved[0])
+    assert trainer.global_step == 24 and not lp.is_augmented(resumed)
+    ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))
+    assert [p.shape for p in ema._average_model.module.parameters()] == [
+        p.shape for p in resumed.parameters()
+    ]

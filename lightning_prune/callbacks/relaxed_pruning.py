@@ -17,11 +17,13 @@ from lightning_prune.callbacks._hooks import InstanceHook, hook_owner, install_h
 from lightning_prune.callbacks.collapse import NetworkCollapse
 from lightning_prune.callbacks.monitor import SparsityMonitor
 from lightning_prune.callbacks.temperature import TemperatureAnnealing
+from lightning_prune.module import companions
 from lightning_prune.module import optim as gate_optim
 from lightning_prune.module import state as model_state
 from lightning_prune.module.batches import training_batch_inputs
 from lightning_prune.module.mixin import PrunableMixin
 from lightning_prune.module.state import default_example_inputs
+from lightning_prune.module.step import attached_trainer
 from lightning_prune.module.structure import StructureLearning, resolve_schedule_argument
 from lightning_prune.penalties import DEFAULT_TARGET, SparsityPenalty, default_penalty
 from lightning_prune.schedule import PruningSchedule
@@ -238,7 +240,10 @@ class RelaxedPruning(Callback):
     def _around_on_load_checkpoint(
         self, original: Callable, checkpoint: dict[str, Any], *a: Any, **k: Any
     ) -> Any:
-        model_state.restore_structure(_owner(original), checkpoint.get(model_state.CHECKPOINT_KEY))
+        module = _owner(original)
+        model_state.restore_structure(module, checkpoint.get(model_state.CHECKPOINT_KEY))
+        # an EMA / SWA copy made in `setup` has the shapes of before: the callbacks load next
+        companions.reseed_averaging(attached_trainer(module), module)
         return original(checkpoint, *a, **k)
 
     def _around_configure_model(self, original: Callable, *args: Any, **kwargs: Any) -> Any:

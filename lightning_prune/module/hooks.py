@@ -14,7 +14,9 @@ from typing import Any
 
 import lightning_prune as lp
 from lightning_prune.dpp import restore_dpp_masks
+from lightning_prune.module import companions
 from lightning_prune.module import state as model_state
+from lightning_prune.module.step import attached_trainer
 
 __all__ = ["wrap_class"]
 
@@ -93,6 +95,8 @@ def _wrap_on_load_checkpoint(fn: Callable) -> Callable:
                 restore_dpp_masks(self, checkpoint.get("state_dict") or {})
                 state = checkpoint.get(model_state.CHECKPOINT_KEY)
                 model_state.restore_structure(self, state)
+                # an EMA / SWA copy made in `setup` has the shapes of before: they load next
+                companions.reseed_averaging(attached_trainer(self), self)
                 if state and state.get("structure"):
                     self._lp_structure().load_state_dict(state["structure"], self)
                 elif state and state.get("penalty"):
