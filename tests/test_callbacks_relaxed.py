@@ -197,3 +197,27 @@ def test_one_callback_also_exports_onnx(tmp_path):
     assert max_relative_error([expected], [got]) <= 1e-4
     with pytest.raises(ValueError, match=r"needs collapse=True"):
         RelaxedPruning(collapse=False, export_onnx=True)
+
+
+def test_a_new_callback_prunes_a_pruned_module_again(tmp_path):
+    torch.manual_seed(0)
+    module = PlainModule(width=16)
+    x = torch.zeros(1, 3, 16, 16)
+    dense = lp.count_flops(module, x)
+
+    def fit(callback, name):
+        kwargs = trainer_kwargs(tmp_path / name, max_epochs=6, callbacks=[callback])
+        L.Trainer(**kwargs).fit(module, make_loader(64, 8))
+        return lp.count_flops(module, x)
+
+    first = fit(RelaxedPruning(target=0.5, dirpath=str(tmp_path / "first")), "a")
+    assert abs(first / dense - 0.5) <= 0.05
+    same = RelaxedPruning(target=0.5, dirpath=str(tmp_path / "again"))
+    second = fit(same, "b")
+    assert abs(second / first - 0.5) <= 0.05  # relative to the compact network
+    # what it saved rebuilds from the original class (the plans of both runs composed)
+    fresh = lp.load_pruned(PlainModule(width=16), str(tmp_path / "again" / "pruned")).eval()
+    batch = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(fresh(batch), module.eval()(batch))
+    module.train()
+    assert fit(same, "c") == second  # the same callback again: the compact network trains on

@@ -91,7 +91,10 @@ class RelaxedPruning(Callback):
     With the defaults the network is trained to half its FLOPs (``target=0.5``, an adaptive
     controller on the hard FLOPs) with sigmoid gates annealed from slope 5 to 30; the same
     defaults as :class:`~lightning_prune.PrunableMixin`, the ready modules and the CLI configs.
-    Using it on a :class:`~lightning_prune.PrunableMixin` module is an error.
+    Using it on a :class:`~lightning_prune.PrunableMixin` module is an error. Another ``fit``
+    with the same callback trains the compact network on; a new ``RelaxedPruning`` on a module
+    an earlier run collapsed prunes it again, ``target`` relative to its current FLOPs (what it
+    saves rebuilds from the original class: the plans compose).
 
     Args:
         target: FLOPs ratio to reach (ignored when ``penalty`` is given; ``None`` without a
@@ -266,8 +269,11 @@ class RelaxedPruning(Callback):
         return example
 
     def _augment(self, pl_module: LightningModule) -> None:
-        if lp.is_augmented(pl_module) or model_state.was_collapsed(pl_module):
+        if lp.is_augmented(pl_module):
             return
+        if model_state.was_collapsed(pl_module) and self.structure.finished:
+            return  # another fit with this callback: the compact network trains on
+        # (a module collapsed by an earlier pruning run is pruned again, relative to its size)
         example = self._example
         if example is None:
             example = model_state.example_inputs_of(pl_module, owner="RelaxedPruning")
