@@ -13,11 +13,13 @@ monitored metric is expected to get worse), then the structure is fixed and usua
   deleted).
 * ``WeightAveraging`` (``EMAWeightAveraging``) and ``StochasticWeightAveraging`` hold a copy of
   the network: it is rebuilt from the network whenever its parameters change shape (gates
-  inserted after the copy was made, a collapse), and averaging restarts there.
+  inserted after the copy was made, a collapse, a resumed run's structure restored before the
+  callbacks load their state), and averaging restarts there.
 
 Each kind of callback is handled by one entry of :data:`RESTARTS` / :data:`RESEEDS`.
 
 Example:
+    >>> import types
     >>> from lightning.pytorch.callbacks import EarlyStopping
     >>> stop = EarlyStopping(monitor="val/acc", mode="max", patience=1)
     >>> stop.wait_count = 3
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,8 +56,6 @@ __all__ = [
     "reseed_averaging",
     "restart_tracking",
 ]
-
-_ = types  # the doctest builds a stand-in Trainer with it
 
 
 def _callbacks(trainer: Any, kind: type[Callback]) -> Iterator[Any]:
