@@ -295,7 +295,8 @@ class PruningSchedule:
         if not (math.isfinite(total_steps) and total_steps >= 1):
             raise ValueError(
                 "The pruning schedule is derived from the run's length, but the Trainer's number "
-                f"of optimizer steps is {total_steps}: set `max_epochs` or `max_steps`."
+                f"of optimizer steps is {total_steps}: set `max_steps` (or `max_epochs`, with a "
+                "training dataloader of known length or an integer `limit_train_batches`)."
             )
         total = int(total_steps)
         structure = max(1, min(total, round(self.structure * total)))

@@ -187,12 +187,16 @@ def test_max_steps_run_ends_the_annealing_with_the_run(tmp_path):
 def test_run_of_unknown_length_needs_end_epoch(tmp_path):
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    anneal = TemperatureAnnealing("cosine")
-    trainer = L.Trainer(
-        **trainer_kwargs(tmp_path, max_epochs=-1, max_time={"seconds": 5}, callbacks=[anneal])
-    )
+    def fit(anneal):
+        kwargs = trainer_kwargs(tmp_path, max_epochs=-1, max_time={"seconds": 5})
+        L.Trainer(**kwargs, callbacks=[anneal]).fit(MixinModule(width=8), make_loader(16, 8))
+
+    # annealing by epochs: it needs to know when to end
     with pytest.raises(MisconfigurationException, match=r"needs `end_epoch` when the run's length"):
-        trainer.fit(MixinModule(width=8), make_loader(16, 8))
+        fit(TemperatureAnnealing("cosine", follow_schedule=False))
+    # over the structure phase: the schedule is what needs a length, and says so
+    with pytest.raises(ValueError, match=r"optimizer steps is inf: set `max_steps`"):
+        fit(TemperatureAnnealing("cosine"))
 
 
 def test_state_roundtrip():

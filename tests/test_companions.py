@@ -150,3 +150,31 @@ def test_resume_in_the_final_phase_with_ema(tmp_path, way):
     assert [p.shape for p in ema._average_model.module.parameters()] == [
         p.shape for p in resumed.parameters()
     ]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A training stream of unknown length (as WebDataset or a streaming dataset)."""
+
+    def __iter__(self):
+        yield from make_loader(32, 8).dataset
+
+
+@pytest.mark.parametrize("way", ["callback", "mixin"])
+def test_stream_of_unknown_length_with_max_steps(tmp_path, way):
+    if way == "callback":
+        module, callbacks = PlainModule(width=8), [RelaxedPruning(target=0.5)]
+    else:
+        module = MixinModule(width=8, target=0.5)
+        callbacks = [lp.callbacks.TemperatureAnnealing(), NetworkCollapse()]
+    kwargs = trainer_kwargs(tmp_path, max_epochs=None, max_steps=32, callbacks=callbacks)
+    L.Trainer(**kwargs).fit(module, torch.utils.data.DataLoader(_Stream(), batch_size=8))
+    assert schedule_of(module).structure_steps == 16
+    assert structure_outcome(module)["snap_share"] <= 0.05
+    assert not lp.is_augmented(module)
+
+
+def test_stream_of_unknown_length_with_max_epochs_only_names_the_fix(tmp_path):
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, callbacks=[RelaxedPruning(target=0.5)])
+    stream = torch.utils.data.DataLoader(_Stream(), batch_size=8)
+    with pytest.raises(ValueError, match=r"set `max_steps` \(or `max_epochs`, with a training"):
+        L.Trainer(**kwargs).fit(PlainModule(width=8), stream)

@@ -49,7 +49,7 @@ def test_schedule_rejects_bad_settings(kwargs, message):
 
 
 def test_schedule_needs_a_finite_run():
-    with pytest.raises(ValueError, match=r"set `max_epochs` or `max_steps`"):
+    with pytest.raises(ValueError, match=r"set `max_steps` \(or `max_epochs`, with a training"):
         PruningSchedule().resolve(float("inf"))
 
 

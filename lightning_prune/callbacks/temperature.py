@@ -190,15 +190,36 @@ class TemperatureAnnealing(Callback):
         end_epoch = self.end_epoch
         if end_epoch is None:
             epochs = run_epochs(trainer)
+            if epochs is None and self._follows_schedule_only(trainer, pl_module):
+                epochs = 1.0  # never read: the gates follow the structure phase per step
             if epochs is None:
                 raise MisconfigurationException(
-                    "TemperatureAnnealing needs `end_epoch` when the run's length is unknown "
-                    "(no max_epochs, no max_steps, e.g. max_time-only training): pass "
-                    "TemperatureAnnealing(end_epoch=...)."
+                    "TemperatureAnnealing needs `end_epoch` when the run's length in epochs is "
+                    "unknown (`max_time` alone, or `max_steps` with a training dataloader of "
+                    "unknown length): pass TemperatureAnnealing(end_epoch=...)."
                 )
             # (end_epoch <= start_epoch, e.g. a single epoch, switches straight to `end`)
             end_epoch = epochs - 1 if self.interval == "epoch" else epochs
         self._end_epoch = end_epoch
+
+    def _follows_schedule_only(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Whether every family with modules anneals over a pruning schedule (per step).
+
+        The DPP masks always follow epochs; the gates follow the structure phase of the
+        schedule that ``RelaxedPruning`` set already or a ``PrunableMixin`` sets as ``fit``
+        starts (after the callbacks' ``on_fit_start``).
+        """
+        if not (self.follow_schedule and self.end_epoch is None and self.start_epoch == 0):
+            return False
+        for family in self.families:
+            if not family_modules(pl_module, family):
+                continue
+            scheduled = model_state.schedule_of(pl_module) is not None or hasattr(
+                pl_module, "pruning_schedule"
+            )
+            if family != "gates" or not scheduled:
+                return False
+        return True
 
     def _structure_progress(self, trainer: Trainer, pl_module: LightningModule) -> float | None:
         """Progress through the run's structure phase, when the schedule follows it."""
