@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import lightning_prune as lp
-from benchmarks.compare.metrics import layer_widths, paired_latency
+from benchmarks.compare.metrics import paired_latency
 from lightning_prune.models import build_model
 
 
@@ -52,7 +52,7 @@ def rebuild(row: dict[str, Any]) -> nn.Module:
         mask[:kept] = True
         group.gate.set_mask(mask)
     net = lp.collapse(net, verify=False).eval()
-    differ = {k: v for k, v in layer_widths(net).items() if row["widths"].get(k) != v}
+    differ = {k: v for k, v in lp.layer_widths(net).items() if row["widths"].get(k) != v}
     if differ:
         raise SystemExit(f"rebuilt widths differ from the row's: {differ}")
     return net

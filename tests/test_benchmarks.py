@@ -258,7 +258,6 @@ def test_width_latency_rebuilds_a_rows_widths(tmp_path, capsys):
     import torch
 
     import lightning_prune as lp
-    from benchmarks.compare.metrics import layer_widths
     from benchmarks.width_latency import main, rebuild
     from lightning_prune.models import build_model
 
@@ -269,14 +268,14 @@ def test_width_latency_rebuilds_a_rows_widths(tmp_path, capsys):
             mask = torch.zeros(group.num_channels, dtype=torch.bool)
             mask[: keep(group.num_channels)] = True
             group.gate.set_mask(mask)
-        widths = layer_widths(lp.collapse(net, verify=False))
+        widths = lp.layer_widths(lp.collapse(net, verify=False))
         return {
             "method": method, "seed": 0, "target": 0.75, "model": "cifar_resnet20",
             "model_kwargs": {}, "num_classes": 10, "input_shape": [3, 32, 32], "widths": widths,
         }  # fmt: skip
 
     rows = [row("uniform", lambda n: n // 2), row("odd", lambda n: n // 2 - 1)]
-    assert layer_widths(rebuild(rows[1])) == rows[1]["widths"]
+    assert lp.layer_widths(rebuild(rows[1])) == rows[1]["widths"]
     assert rows[1]["widths"]["layer3.0.conv2"] == 31 and rows[1]["widths"]["fc"] == 10
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"rows": rows}))

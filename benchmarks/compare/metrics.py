@@ -85,22 +85,11 @@ def is_physically_smaller(net: nn.Module, dense_params: int) -> bool:
     return lp.count_params(net) < dense_params
 
 
-def layer_widths(net: nn.Module) -> dict[str, int]:
-    """Output width of every convolution and linear layer, by module name."""
-    widths = {}
-    for name, module in net.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            widths[name] = int(module.out_channels)
-        elif isinstance(module, nn.Linear):
-            widths[name] = int(module.out_features)
-    return widths
-
-
 def describe_model(net: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     """FLOPs (batch 1), parameters and layer widths, with one counter for every method."""
     net.eval()
     return {
         "flops": int(lp.count_flops(net, example[:1])),
         "params": int(lp.count_params(net)),
-        "widths": layer_widths(net),
+        "widths": lp.layer_widths(net),
     }

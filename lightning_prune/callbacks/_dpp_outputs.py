@@ -15,10 +15,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_prune.callbacks.collapse import unique_stem
 from lightning_prune.dpp import MacsReport, kept_macs
 from lightning_prune.module import state as model_state
 from lightning_prune.profiling import format_table
+from lightning_prune.reporting.paths import unique_stem
 
 __all__ = [
     "log_kept_macs",

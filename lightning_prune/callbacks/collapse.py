@@ -18,68 +18,16 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
+from lightning_prune.callbacks.rebuild import rebuild_optimizers
 from lightning_prune.deploy.export import describe_padding
 from lightning_prune.deploy.extra import require
 from lightning_prune.dpp.apply import get_dpp_masks
 from lightning_prune.module import companions
 from lightning_prune.module import state as model_state
 from lightning_prune.profiling import compare_latency, format_table
-from lightning_prune.reporting.paths import run_directory
+from lightning_prune.reporting.paths import run_directory, unique_stem
 
-__all__ = ["NetworkCollapse", "unique_stem"]
-
-
-def unique_stem(dirpath: str | os.PathLike, filename: str, suffixes: Sequence[str]) -> Path:
-    """``dirpath / filename``, or ``filename-1``, ``-2``, ... so that no ``stem + suffix`` exists.
-
-    Example:
-        >>> import tempfile
-        >>> d = tempfile.mkdtemp()
-        >>> _ = open(os.path.join(d, "pruned.json"), "w").close()
-        >>> unique_stem(d, "pruned", [".json", ".safetensors"]).name
-        'pruned-1'
-    """
-    directory = Path(dirpath)
-    stem, k = filename, 0
-    while any((directory / f"{stem}{suffix}").exists() for suffix in suffixes):
-        k += 1
-        stem = f"{filename}-{k}"
-    return directory / stem
-
-
-def rebuild_optimizers(trainer: Trainer) -> None:
-    """Re-create optimizers after the parameters changed, keeping the LR schedule position.
-
-    Re-wraps the model in DDP (the old wrapper's buckets point at the old parameters), calls
-    ``trainer.strategy.setup_optimizers`` (which runs ``configure_optimizers`` again) and
-    restores each scheduler's state and current learning rates. Optimizer state (momentum)
-    starts afresh: its tensors had the old shapes. Weight-averaging callbacks (EMA, SWA)
-    restart their average from the new network
-    (:func:`~lightning_prune.module.companions.reseed_averaging`).
-
-    Raises:
-        MisconfigurationException: for strategies other than single-device and DDP.
-    """
-    strategy = trainer.strategy
-    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-        raise MisconfigurationException(
-            f"Staged pruning changes parameter shapes during training, which lightning_prune "
-            f"supports with single-device and DDP strategies, not {type(strategy).__name__}."
-        )
-    saved = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
-    if isinstance(strategy, DDPStrategy):
-        strategy.model = strategy.lightning_module
-        strategy.configure_ddp()
-    strategy.setup_optimizers(trainer)
-    for config, state in zip(trainer.lr_scheduler_configs, saved):
-        config.scheduler.load_state_dict(state)
-        last = state.get("_last_lr")
-        if last is not None:
-            for group, lr in zip(config.scheduler.optimizer.param_groups, last):
-                group["lr"] = lr
-    reseeded = companions.reseed_averaging(trainer, trainer.lightning_module)
-    if reseeded:
-        rank_zero_info(f"{', '.join(reseeded)}: averaging restarts from the new structure.")
+__all__ = ["NetworkCollapse"]
 
 
 class NetworkCollapse(Callback):

@@ -211,15 +211,11 @@ class TemperatureAnnealing(Callback):
         """
         if not (self.follow_schedule and self.end_epoch is None and self.start_epoch == 0):
             return False
-        for family in self.families:
-            if not family_modules(pl_module, family):
-                continue
-            scheduled = model_state.schedule_of(pl_module) is not None or hasattr(
-                pl_module, "pruning_schedule"
-            )
-            if family != "gates" or not scheduled:
-                return False
-        return True
+        scheduled = model_state.schedule_of(pl_module) is not None or hasattr(
+            pl_module, "pruning_schedule"
+        )
+        present = [f for f in self.families if family_modules(pl_module, f)]
+        return all(family == "gates" and scheduled for family in present)
 
     def _structure_progress(self, trainer: Trainer, pl_module: LightningModule) -> float | None:
         """Progress through the run's structure phase, when the schedule follows it."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-__all__ = ["run_directory", "unique_names"]
+__all__ = ["run_directory", "unique_names", "unique_stem"]
 
 
 def run_directory(trainer: Trainer) -> Path:
@@ -82,3 +82,21 @@ def unique_names(directory: str | os.PathLike, names: Sequence[str]) -> list[Pat
         if not any(path.exists() for path in paths):
             return paths
         k += 1
+
+
+def unique_stem(dirpath: str | os.PathLike, filename: str, suffixes: Sequence[str]) -> Path:
+    """``dirpath / filename``, or ``filename-1``, ``-2``, ... so that no ``stem + suffix`` exists.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(d, "pruned.json"), "w").close()
+        >>> unique_stem(d, "pruned", [".json", ".safetensors"]).name
+        'pruned-1'
+    """
+    directory = Path(dirpath)
+    stem, k = filename, 0
+    while any((directory / f"{stem}{suffix}").exists() for suffix in suffixes):
+        k += 1
+        stem = f"{filename}-{k}"
+    return directory / stem
