@@ -8,6 +8,7 @@ the plan is re-applied to a fresh instance.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -16,7 +17,7 @@ import torch
 
 import lightning_prune as lp
 from tests.transformer_zoo import TRANSFORMERS, build
-from tests.zoo import max_rel_err, random_masks
+from tests.zoo import check_parameter_sources, max_rel_err, random_masks
 
 #: Models whose embedding width (``embedding="renormalize"``) is checked too.
 RENORMALIZE = ("timm_vit", "timm_swin", "timm_convnext", "tv_vit", "tv_swin", "tv_convnext")
@@ -72,6 +73,10 @@ def pruned(request: pytest.FixtureRequest) -> dict:
     }  # fmt: skip
 
 
+def test_parameter_sources_locate_the_collapsed_parameters(pruned: dict) -> None:
+    check_parameter_sources(pruned["model"])
+
+
 def test_augment_keeps_outputs(pruned: dict) -> None:
     assert max_rel_err(pruned["before"], pruned["after"]) <= 1e-5
 
@@ -79,6 +84,15 @@ def test_augment_keeps_outputs(pruned: dict) -> None:
 def test_compact_equals_gated_on_a_fresh_input(pruned: dict) -> None:
     assert pruned["out"].shape == pruned["gated"].shape
     assert max_rel_err(pruned["gated"], pruned["out"]) <= 1e-4
+
+
+def test_inplace_collapse_equals_gated(pruned: dict) -> None:
+    # the model's own tensors too (a ViT's class token and position embedding, renormalized)
+    model = copy.deepcopy(pruned["model"])
+    assert lp.collapse(model, inplace=True) is model and not lp.is_augmented(model)
+    with torch.no_grad():
+        out = model(pruned["fresh"])
+    assert max_rel_err(pruned["gated"], out) <= 1e-4
 
 
 def test_hard_cost_is_flop_counter_of_compact(pruned: dict) -> None:

@@ -177,6 +177,14 @@ def _type_at(model: nn.Module, path: str) -> str:
         return "?"
 
 
+def _copy_root(model: nn.Module, work: nn.Module, entry: dict[str, Any]) -> None:
+    """Give ``model`` its own collapsed tensors and attributes (it cannot be swapped itself)."""
+    for name in entry.get("params", {}):
+        setattr(model, name, getattr(work, name))
+    for name, (_, new) in entry.get("attrs", {}).items():
+        setattr(model, name, new)
+
+
 def _strip(model: nn.Module) -> None:
     strip_gates(model)
 
@@ -267,11 +275,19 @@ def collapse(
     work.train(was_training)
     if not inplace:
         return work
+    if "form" in layers.get("", {}):
+        raise CollapseError(
+            f"Collapse of {type(model).__name__} in place would change the code of the model "
+            "itself (its heads are computed from its input); collapse it with `inplace=False` "
+            "and use the model it returns, or wrap it in a parent module."
+        )
     _strip(model)
     for path, entry in layers.items():
         if entry["type"] == "Parameter":
             owner, _, name = path.rpartition(".")
             setattr(model.get_submodule(owner), name, get_tensor(work, path))
+        elif not path:  # the model's own tensors (a ViT's class token, position embedding)
+            _copy_root(model, work, entry)
         else:
             replace_module(model, path, work.get_submodule(path))
     apply_calls(model, calls, after=False)
