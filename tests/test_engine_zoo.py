@@ -10,7 +10,7 @@ import torch
 
 import lightning_prune as lp
 from lightning_prune.deploy import OnnxRuntimeModule, deploy_available
-from tests.zoo import ZOO, fresh_input, max_rel_err, random_masks
+from tests.zoo import ZOO, check_parameter_sources, fresh_input, max_rel_err, random_masks
 
 
 def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -69,6 +69,11 @@ def pruned(request: pytest.FixtureRequest) -> dict:
         "compact_open": compact_open,
         "open_relaxed": open_relaxed,
     }
+
+
+def test_parameter_sources_locate_the_collapsed_parameters(pruned: dict) -> None:
+    # where the optimizer's state of each kept element comes from after a mid-fit collapse
+    check_parameter_sources(pruned["model"])
 
 
 def test_augment_keeps_eval_outputs(pruned: dict) -> None:

@@ -91,3 +91,29 @@ def randomise_norms(model: nn.Module) -> nn.Module:
 def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = max(float(a.abs().max()), 1e-12)
     return float((a - b).abs().max()) / scale
+
+
+def check_parameter_sources(model: nn.Module) -> None:
+    """Check ``parameter_sources`` of the gated ``model`` against its collapse.
+
+    Every element it locates must hold the gated model's value at that place, every element it
+    marks as new must be zero, and the only parameters it leaves out are those of layers the
+    collapse computed rather than sliced (constants, frozen re-parameterised convs).
+    """
+    from lightning_prune.surgery.plan import PLAN_ATTR
+    from lightning_prune.surgery.provenance import parameter_sources
+
+    sources = parameter_sources(model)
+    compact = lp.collapse(model)
+    old = dict(model.named_parameters())
+    layers = compact.__dict__[PLAN_ATTR]["layers"]
+    assert sources
+    for name, param in compact.named_parameters():
+        if name not in sources:
+            entry = layers.get(name.rpartition(".")[0], {})
+            assert entry.get("constant") or entry.get("frozen"), name
+            continue
+        source, value = sources[name], param.detach()
+        assert source.shape == value.shape, name
+        taken = old[name].detach().reshape(-1)[source.clamp(min=0)]
+        assert torch.equal(torch.where(source >= 0, taken, torch.zeros_like(taken)), value), name

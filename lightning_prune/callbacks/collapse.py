@@ -18,7 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
-from lightning_prune.callbacks.rebuild import rebuild_optimizers
+from lightning_prune.callbacks.rebuild import capture_optimizer_state, rebuild_optimizers
 from lightning_prune.deploy.export import describe_padding
 from lightning_prune.deploy.extra import require
 from lightning_prune.dpp.apply import get_dpp_masks
@@ -37,7 +37,8 @@ class NetworkCollapse(Callback):
     gates are frozen at their hard masks), the module is collapsed in place
     (``lp.collapse(..., inplace=True)``, outputs verified equal on a real training batch and on
     a random input) and the optimizers are rebuilt (``configure_optimizers`` runs again; the LR
-    schedule keeps its position), so the rest of ``fit`` trains the compact network. Without a
+    schedule keeps its position; each kept weight keeps its optimizer state: momentum, Adam's
+    moments and step count), so the rest of ``fit`` trains the compact network. Without a
     structure phase (or with ``collapse_on_structure_end=False``) it collapses at the end of
     ``fit`` instead. Either way the module then holds the compact network: ``trainer.test()``
     after ``fit`` tests it, and ``trainer.save_checkpoint`` writes a checkpoint that
@@ -62,7 +63,7 @@ class NetworkCollapse(Callback):
     channels whose keep-probability is at most the matching entry of ``thresholds`` are cut
     out, the gates of the remaining channels are kept (same values), training continues on the
     smaller network, and the optimizers are rebuilt (``configure_optimizers`` runs again; the
-    LR schedule keeps its position; momentum restarts).
+    LR schedule keeps its position; each kept weight keeps its optimizer state).
 
     Args:
         dirpath: output directory (``None``: the run directory, next to ``checkpoints/``, as
@@ -232,6 +233,7 @@ class NetworkCollapse(Callback):
     def collapse_now(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Collapse the module in place during ``fit`` and rebuild the optimizers."""
         self._snapshot_dense(pl_module)
+        captured = capture_optimizer_state(trainer, pl_module, self.round_to)
         lp.collapse(
             pl_module,
             round_to=self.round_to,
@@ -240,7 +242,7 @@ class NetworkCollapse(Callback):
             verify_inputs=self._verify_inputs(pl_module),
         )
         model_state.record_collapse(pl_module)
-        rebuild_optimizers(trainer)
+        rebuild_optimizers(trainer, captured)
         # (again: a validation between the end of the structure phase and this first batch
         # scored the gated network, whose checkpoint the collapsed module cannot load)
         companions.restart_tracking(trainer)
@@ -352,10 +354,11 @@ class NetworkCollapse(Callback):
             g.name: {k: v.detach().clone() for k, v in g.gate.state_dict().items()} for g in groups
         }
         before = float(lp.count_params(pl_module))
+        captured = capture_optimizer_state(trainer, pl_module, self.round_to)
         lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
         model_state.record_collapse(pl_module)
         model_state.reaugment(pl_module, masks, saved)
-        rebuild_optimizers(trainer)
+        rebuild_optimizers(trainer, captured)
         after = float(lp.count_params(pl_module))
         metrics = {
             "prune/stage/threshold": threshold,
