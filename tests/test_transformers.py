@@ -95,6 +95,23 @@ def test_inplace_collapse_equals_gated(pruned: dict) -> None:
     assert max_rel_err(pruned["gated"], out) <= 1e-4
 
 
+def test_inplace_collapse_of_an_attention_module_itself() -> None:
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    model, x = Attention(32, num_heads=4).eval(), torch.randn(2, 5, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (gate,) = lp.augment(model, x)
+    gate.set_mask(torch.arange(gate.num_channels) < gate.num_channels // 2)
+    with torch.no_grad():
+        gated = model(x)
+    lp.collapse(model, inplace=True)
+    assert model.num_heads == 2  # the model's own attributes change with its heads
+    with torch.no_grad():
+        assert max_rel_err(gated, model(x)) <= 1e-5
+
+
 def test_hard_cost_is_flop_counter_of_compact(pruned: dict) -> None:
     compact, x = pruned["compact"], pruned["x"]
     assert pruned["hard"]["flops"] == pytest.approx(lp.count_flops(compact, x), rel=1e-9)
