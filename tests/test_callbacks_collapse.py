@@ -150,6 +150,7 @@ def test_staged_pruning_keeps_training_and_rebuilds_optimizer(tmp_path):
         ({"weights_format": "onnx"}, "'safetensors' or 'pt'"),
         ({"round_to": 0}, "round_to must be >= 1"),
         ({"filename": "a/b"}, "plain file stem"),
+        ({"optimizer_state": "keep"}, "optimizer_state must be 'carry' or 'reset', got 'keep'"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

@@ -43,8 +43,9 @@ def _optimizer_state(trainer, module) -> dict:
     }
 
 
-@pytest.mark.parametrize("module_class", [PlainModule, AdamModule], ids=["sgd", "adam"])
-def test_optimizer_state_goes_on_with_the_kept_channels(tmp_path, monkeypatch, module_class):
+def _collapse_mid_fit(tmp_path, monkeypatch, module_class, **collapse):
+    """Fit with RelaxedPruning and ``NetworkCollapse(**collapse)``; the optimizer state just
+    before and after the collapse."""
     seen = {}
     collapse_now = NetworkCollapse.collapse_now
 
@@ -57,10 +58,22 @@ def test_optimizer_state_goes_on_with_the_kept_channels(tmp_path, monkeypatch, m
     torch.manual_seed(0)
     module = module_class()
     trainer = L.Trainer(
-        **trainer_kwargs(tmp_path, max_epochs=4, callbacks=[lp.callbacks.RelaxedPruning(0.5)])
+        **trainer_kwargs(
+            tmp_path,
+            max_epochs=4,
+            callbacks=[
+                lp.callbacks.RelaxedPruning(0.5, collapse=False),
+                NetworkCollapse(**collapse),
+            ],
+        )
     )
     trainer.fit(module, make_loader(32, 8))
-    before, after = seen["before"], seen["after"]
+    return seen["before"], seen["after"], module
+
+
+@pytest.mark.parametrize("module_class", [PlainModule, AdamModule], ids=["sgd", "adam"])
+def test_optimizer_state_goes_on_with_the_kept_channels(tmp_path, monkeypatch, module_class):
+    before, after, module = _collapse_mid_fit(tmp_path, monkeypatch, module_class)
     # every parameter of the compact network goes on with state (momentum, Adam's moments)
     assert set(after) == {name for name, _ in module.named_parameters()}
     sliced = 0
@@ -83,3 +96,10 @@ def test_optimizer_state_goes_on_with_the_kept_channels(tmp_path, monkeypatch, m
             assert torch.equal(value.reshape(-1)[kept], old_state[key].reshape(-1)[where]), key
             assert bool((value.reshape(-1)[~kept] == 0).all())
     assert sliced >= 3  # the collapse did shrink the layers
+
+
+def test_reset_starts_the_optimizer_state_afresh(tmp_path, monkeypatch):
+    before, after, _ = _collapse_mid_fit(
+        tmp_path, monkeypatch, PlainModule, optimizer_state="reset"
+    )
+    assert before and not after

@@ -18,7 +18,11 @@ from torch import nn
 from typing_extensions import override
 
 import lightning_prune as lp
-from lightning_prune.callbacks.rebuild import capture_optimizer_state, rebuild_optimizers
+from lightning_prune.callbacks.rebuild import (
+    OptimizerState,
+    capture_optimizer_state,
+    rebuild_optimizers,
+)
 from lightning_prune.deploy.export import describe_padding
 from lightning_prune.deploy.extra import require
 from lightning_prune.dpp.apply import get_dpp_masks
@@ -82,6 +86,9 @@ class NetworkCollapse(Callback):
             gates (with the schedule's ``final_phase="collapse"``), and keep training.
         export_onnx: also write the collapsed module as ``{filename}.onnx`` when fitting ends
             (needs the ``deploy`` extra: ``pip install lightning-prune[deploy]``).
+        optimizer_state: at a collapse during ``fit``, ``"carry"`` gives each kept weight the
+            optimizer state it had (momentum, Adam's moments and step count); ``"reset"``
+            starts the compact network's optimizer state afresh.
 
     Raises:
         ValueError: for inconsistent ``stages`` / ``thresholds`` or bad options.
@@ -113,7 +120,12 @@ class NetworkCollapse(Callback):
         collapse_on_fit_end: bool = True,
         collapse_on_structure_end: bool = True,
         export_onnx: bool = False,
+        optimizer_state: Literal["carry", "reset"] = "carry",
     ) -> None:
+        if optimizer_state not in ("carry", "reset"):
+            raise ValueError(
+                f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}."
+            )
         if weights_format not in ("safetensors", "pt"):
             raise ValueError(
                 f"weights_format must be 'safetensors' or 'pt', got {weights_format!r}."
@@ -161,6 +173,7 @@ class NetworkCollapse(Callback):
         self.collapse_on_fit_end = collapse_on_fit_end
         self.collapse_on_structure_end = collapse_on_structure_end
         self.export_onnx = export_onnx
+        self.optimizer_state = optimizer_state
         self.completed_stages: list[int] = []
         self.summary: dict[str, float] = {}
         self.weights_path: Path | None = None
@@ -230,10 +243,15 @@ class NetworkCollapse(Callback):
             return
         self._batch_inputs = model_state.small_example(inputs)
 
+    def _capture(self, trainer: Trainer, pl_module: nn.Module) -> OptimizerState | None:
+        if self.optimizer_state == "reset":
+            return None
+        return capture_optimizer_state(trainer, pl_module, self.round_to)
+
     def collapse_now(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Collapse the module in place during ``fit`` and rebuild the optimizers."""
         self._snapshot_dense(pl_module)
-        captured = capture_optimizer_state(trainer, pl_module, self.round_to)
+        captured = self._capture(trainer, pl_module)
         lp.collapse(
             pl_module,
             round_to=self.round_to,
@@ -354,7 +372,7 @@ class NetworkCollapse(Callback):
             g.name: {k: v.detach().clone() for k, v in g.gate.state_dict().items()} for g in groups
         }
         before = float(lp.count_params(pl_module))
-        captured = capture_optimizer_state(trainer, pl_module, self.round_to)
+        captured = self._capture(trainer, pl_module)
         lp.collapse(pl_module, round_to=self.round_to, inplace=True, verify=self.verify)
         model_state.record_collapse(pl_module)
         model_state.reaugment(pl_module, masks, saved)
