@@ -332,3 +332,41 @@ def test_registered_leaves_cover_subclasses() -> None:
     assert is_leaf(Residual(), "r", ("r",))  # excluded
     assert not is_leaf(Residual(), "r", ())
     assert not is_leaf(nn.Sequential(), "s", ())
+
+
+class IndexedScale(nn.Module):
+    """A per-channel scale broadcast by indexing (``gamma[:, None, None]``) instead of a view."""
+
+    def __init__(self, index: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.index = index
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x) * self.index(self.gamma))
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        lambda g: g[None, :, None, None],
+        lambda g: g[:, None, None],
+        lambda g: g[..., None, None],
+        lambda g: g[None][:, :, None][..., None],
+    ],
+    ids=["none-slice-none", "slice-none", "ellipsis-none", "chained"],
+)
+def test_a_scale_broadcast_by_indexing_is_sliced_with_its_channels(index) -> None:
+    model, x = IndexedScale(index).eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no group left ungated
+        (gate,) = lp.augment(model, x)
+    gate.set_mask(torch.arange(8) % 3 != 0)
+    fresh = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        gated = model(fresh)
+        compact = lp.collapse(model)
+        assert max_rel_err(gated, compact(fresh)) <= 1e-5
+    assert compact.gamma.shape == (5,) and compact.a[0].out_channels == 5

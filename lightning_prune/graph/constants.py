@@ -88,6 +88,23 @@ def _indexed_axes(src: Shape, out: Shape, axes: Axes, items: Sequence[Any]) -> A
     return (*axes[:p], *([None] * gathered), *axes[p + 1 :])
 
 
+def _basic_indexed_axes(items: list[tuple[Any, ...]] | None, out: Shape, axes: Axes) -> Axes | None:
+    """Layout after ``t[items]`` of full slices and new dimensions (``gamma[:, None, None]``)."""
+    if items is None:
+        return None
+    new: list[int | None] = []
+    rest = list(axes)
+    for item in items:
+        if item == ("none",):
+            new.append(None)
+        elif item == ("slice", None, None, None) and rest:
+            new.append(rest.pop(0))
+        else:
+            return None
+    new.extend(rest)
+    return tuple(new) if len(new) == len(out) else None
+
+
 class _Layouts:
     def __init__(self, constants: Mapping[str, str], shapes: Mapping[str, Any]) -> None:
         self.constants = constants
@@ -157,11 +174,7 @@ class _Layouts:
             items = list(index) if isinstance(index, tuple) else [index]
             if any(isinstance(i, fx.Node) for i in items):
                 return _indexed_axes(src, out, layout.axes, items)
-            simple = index_items(index, len(src))
-            full = ("slice", None, None, None)
-            if simple is None or any(i != full for i in simple):
-                return None
-            return layout.axes
+            return _basic_indexed_axes(index_items(index, len(src)), out, layout.axes)
         if op == "index" and len(args) > 1 and isinstance(args[1], (list, tuple)):
             items = [slice(None) if i is None else i for i in args[1]]
             return _indexed_axes(src, out, layout.axes, items)
