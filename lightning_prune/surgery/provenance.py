@@ -88,5 +88,5 @@ def parameter_sources(model: nn.Module, round_to: int = 1) -> dict[str, torch.Te
             continue
         if bool((numbers < 0).any()) or bool((numbers > sizes[name]).any()):
             continue
-        sources[name] = numbers.long().cpu() - 1
+        sources[name] = numbers.long() - 1  # (the probe is on the CPU)
     return sources
